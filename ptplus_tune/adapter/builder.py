@@ -1,0 +1,52 @@
+"""Build any searchable method (ptplus, PEFT LoRA, PEFT Prefix-Tuning) from a flat dict of hyperparameters."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from ptplus_tune.adapter.architectures import LLAMA_FAMILY, SUPPORTED_MODEL_TYPES, model_type
+from ptplus_tune.adapter.config import PTPlusConfig
+from ptplus_tune.adapter.model import get_ptplus_model
+from ptplus_tune.errors import PTPlusError
+
+METHODS = ("ptplus", "lora", "prefix_tuning")
+DEFAULTS: dict[str, Any] = {
+    "method": "ptplus", "feature_map": "elu", "memory": "slots", "prefix_length": 16, "feature_dim": None,
+    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+}
+_LORA_TARGETS = {**{kind: ["q_proj", "v_proj"] for kind in LLAMA_FAMILY}, "gpt2": ["c_attn"]}
+
+
+def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Module:
+    """Freeze `model` and wrap it with the adapter `hyperparameters["method"]` names (other keys are ignored)."""
+    hp = {**DEFAULTS, **{k: v for k, v in hyperparameters.items() if v is not None}}
+    method = hp["method"]
+    if method == "ptplus":
+        config = PTPlusConfig(
+            feature_map=hp["feature_map"], memory=hp["memory"], prefix_length=int(hp["prefix_length"]),
+            feature_dim=None if hp["feature_dim"] is None else int(hp["feature_dim"]),
+        )
+        return get_ptplus_model(model, config)
+    if method not in METHODS:
+        raise PTPlusError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    kind = model_type(model)
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise PTPlusError(f"model type {kind!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    import peft  # heavy; only the baselines need it
+
+    if method == "lora":
+        config = peft.LoraConfig(
+            task_type="CAUSAL_LM", r=int(hp["lora_r"]), lora_alpha=float(hp["lora_alpha"]),
+            lora_dropout=float(hp["lora_dropout"]), target_modules=_LORA_TARGETS[kind],
+        )
+    else:
+        if int(hp["prefix_length"]) < 1:
+            raise PTPlusError(f"prefix_length must be an integer >= 1, got {hp['prefix_length']!r}")
+        config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=int(hp["prefix_length"]))
+    return peft.get_peft_model(model, config)
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,59 @@
+"""One adapted attention layer: the memory term φ(q_i)ᵀ M_h added to each query head's attention output.
+
+Choices the paper leaves open, made here:
+- q_i is the query *before* rotary position embedding (after q_norm where the model has one, e.g. Qwen3). The
+  memory then acts as a content-addressed lookup that returns the same value for the same query wherever the token
+  sits; a post-rotary q would make φ(q)ᵀM depend on absolute position, which a prefix outside the softmax, with no
+  position of its own, should not. It also lets us read q straight off the projection, so any attention kernel works.
+- Every query head has its own memory, also under grouped-query attention (the paper's formula is per query head).
+- Slot keys start at N(0, 1): distinct enough after φ that the p slots do not collapse to one direction (with
+  N(0, 1/head_dim), elu_plus_one maps every key to nearly the all-ones vector and slots barely learn). Slot values and
+  the `full` memory start at zero, so a fresh adapter returns exactly the base model's outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptplus_tune.adapter.feature_maps import FeatureMap
+
+
+class PTPlusLayer(nn.Module):
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        feature_map: str,
+        memory: str,
+        prefix_length: int,
+        feature_dim: int | None = None,
+    ):
+        super().__init__()
+        self.num_heads, self.head_dim, self.memory = num_heads, head_dim, memory
+        self.feature_map = FeatureMap(feature_map, head_dim, feature_dim)
+        d_phi = self.feature_map.out_dim
+        if memory == "slots":
+            self.slot_keys = nn.Parameter(torch.randn(num_heads, prefix_length, head_dim))
+            self.slot_values = nn.Parameter(torch.zeros(num_heads, prefix_length, head_dim))
+            # (φ(q)φ(K)ᵀ)V costs p·(d_φ + d) per token and head, φ(q)(φ(K)ᵀV) costs d_φ·d: take the cheaper order.
+            self._factorised = prefix_length * (d_phi + head_dim) < d_phi * head_dim
+        else:
+            self.memory_matrix = nn.Parameter(torch.zeros(num_heads, d_phi, head_dim))
+
+    def effective_memory(self) -> torch.Tensor:
+        """M as [num_heads, d_φ, head_dim]; for slots, φ(K)ᵀV."""
+        if self.memory == "slots":
+            return torch.matmul(self.feature_map(self.slot_keys).transpose(1, 2), self.slot_values)
+        return self.memory_matrix
+
+    def forward(self, query: torch.Tensor) -> torch.Tensor:
+        """query: [..., num_heads, head_dim] (pre-rotary) → memory read-out [..., num_heads * head_dim]."""
+        lead = query.shape[:-2]
+        phi_q = self.feature_map(query).reshape(-1, self.num_heads, self.feature_map.out_dim).transpose(0, 1)
+        if self.memory == "slots" and self._factorised:
+            keys = self.feature_map(self.slot_keys.to(query.dtype))
+            out = torch.matmul(torch.matmul(phi_q, keys.transpose(1, 2)), self.slot_values.to(query.dtype))
+        else:
+            out = torch.matmul(phi_q, self.effective_memory().to(query.dtype))
+        return out.transpose(0, 1).reshape(*lead, self.num_heads * self.head_dim)
