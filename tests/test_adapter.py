@@ -54,6 +54,21 @@ def test_only_adapter_parameters_train_and_base_stays_bit_identical():
     assert model.num_trainable_parameters() == sum(p.numel() for p in model.ptplus_layers.parameters())
 
 
+@pytest.mark.parametrize("feature_map", FEATURE_MAPS)
+def test_recomputing_backward_gives_the_plain_autograd_gradients(feature_map):
+    layer = get_ptplus_model(tiny_llama(), PTPlusConfig(feature_map=feature_map, prefix_length=3)).ptplus_layers["0"]
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    query = torch.randn(2, 5, 4, 8, requires_grad=True)
+    grads = []
+    for fn in (layer, layer._read):  # forward() recomputes φ(q) in backward; _read is plain autograd
+        out = fn(query)
+        grads.append(torch.autograd.grad((out * out.detach().cos()).sum(), [query, *layer.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("arch", ["llama_gqa", "gpt2"])
 def test_save_and_load_roundtrip_holds_only_adapter_weights(tmp_path, arch):
     model = get_ptplus_model(ARCHS[arch](), PTPlusConfig(feature_map="gelu", memory="slots", prefix_length=3))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ptplus_tune.adapter.feature_maps import FeatureMap
 
@@ -49,6 +50,13 @@ class PTPlusLayer(nn.Module):
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """query: [..., num_heads, head_dim] (pre-rotary) → memory read-out [..., num_heads * head_dim]."""
+        if torch.is_grad_enabled() and (query.requires_grad or any(p.requires_grad for p in self.parameters())):
+            # Keep only q for backward and recompute φ(q) there: without this, maps like elu save both q and φ(q)
+            # (and slots their scores), and the adapter would cost more activation memory than LoRA.
+            return checkpoint(self._read, query, use_reentrant=False)
+        return self._read(query)
+
+    def _read(self, query: torch.Tensor) -> torch.Tensor:
         lead = query.shape[:-2]
         phi_q = self.feature_map(query).reshape(-1, self.num_heads, self.feature_map.out_dim).transpose(0, 1)
         if self.memory == "slots" and self._factorised:

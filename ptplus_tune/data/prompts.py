@@ -1,0 +1,77 @@
+"""Prompts and tokenisation for generative classification: the target is the class word after the prompt.
+
+Prompt and target are tokenised separately and concatenated, so training and label scoring see the same token
+boundary. The text is truncated (never the template or the target) to fit `max_length`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ptplus_tune.errors import PTPlusError
+
+DEFAULT_PROMPT = "Classify the topic of this news article.\nArticle: {text}\nTopic:"
+DEFAULT_TARGET = " {label}"
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    target_start: int  # index of the first target token in input_ids
+
+
+class PromptEncoder:
+    def __init__(self, tokenizer, max_length: int, prompt_template: str = DEFAULT_PROMPT,
+                 target_template: str = DEFAULT_TARGET):
+        if prompt_template.count("{text}") != 1:
+            raise PTPlusError(f"prompt_template must contain {{text}} exactly once: {prompt_template!r}")
+        if "{label}" not in target_template:
+            raise PTPlusError(f"target_template must contain {{label}}: {target_template!r}")
+        self.tokenizer, self.max_length, self.target_template = tokenizer, max_length, target_template
+        head, tail = prompt_template.split("{text}")
+        self._head, self._tail = self._ids(head), self._ids(tail)
+        bos = tokenizer.bos_token_id
+        with_special = tokenizer("x")["input_ids"]
+        if bos is not None and with_special and with_special[0] == bos:  # the model expects a BOS token
+            self._head = [bos] + self._head
+        self._target_cache: dict[str, list[int]] = {}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def target_ids(self, label: str) -> list[int]:
+        if label not in self._target_cache:
+            ids = self._ids(self.target_template.format(label=label))
+            if not ids:
+                raise PTPlusError(f"label {label!r} tokenises to nothing")
+            self._target_cache[label] = ids
+        return self._target_cache[label]
+
+    def prompt_ids(self, text: str, room_for: int = 0) -> list[int]:
+        budget = self.max_length - len(self._head) - len(self._tail) - room_for
+        if budget < 1:
+            raise PTPlusError(f"max_length={self.max_length} leaves no room for the text after the template and "
+                              f"target; raise max_length")
+        return self._head + self._ids(text)[:budget] + self._tail
+
+    def encode(self, text: str, label: str) -> Encoded:
+        target = self.target_ids(label)
+        prompt = self.prompt_ids(text, room_for=len(target))
+        return Encoded(prompt + target, len(prompt))
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels hold the target tokens only (the loss ignores prompt and padding)."""
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it.input_ids)
+        ids[row, :n] = torch.tensor(it.input_ids)
+        labels[row, it.target_start:n] = ids[row, it.target_start:n]
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,7 @@
+"""One training run of one configuration: train, evaluate, checkpoint, report. No Ray, no MLflow."""
+
+from ptplus_tune.trial.config import HYPERPARAMETERS, TrialConfig
+from ptplus_tune.trial.evaluate import evaluate, score_labels
+from ptplus_tune.trial.train import TrialResult, run_trial, save_adapter
+
+__all__ = ["HYPERPARAMETERS", "TrialConfig", "TrialResult", "evaluate", "run_trial", "save_adapter", "score_labels"]

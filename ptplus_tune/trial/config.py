@@ -1,0 +1,104 @@
+"""TrialConfig: everything one training run needs, as flat keys (the shared hyperparameter vocabulary)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ptplus_tune.data import DEFAULT_PROMPT, DEFAULT_TARGET, EMBEDDED_DATASET
+from ptplus_tune.errors import PTPlusError
+
+HYPERPARAMETERS = (
+    "method", "feature_map", "memory", "prefix_length", "feature_dim", "lora_r", "lora_alpha", "lora_dropout",
+    "learning_rate", "weight_decay", "warmup_ratio", "batch_size", "grad_accum", "max_steps", "max_length", "seed",
+)
+
+
+@dataclass
+class TrialConfig:
+    # adapter (see ptplus_tune.adapter.build_adapter)
+    method: str = "ptplus"
+    feature_map: str = "elu"
+    memory: str = "slots"
+    prefix_length: int = 16
+    feature_dim: int | None = None
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    # optimisation
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int = 60
+    max_length: int = 96
+    seed: int = 0
+    # model and data (None: the embedded default model)
+    model: str | None = None
+    dataset: str = EMBEDDED_DATASET
+    text_column: str = "text"
+    label_column: str = "label"
+    prompt_template: str = DEFAULT_PROMPT
+    target_template: str = DEFAULT_TARGET
+    k_shot: int | None = 4
+    validation_size: int = 150
+    test_size: int = 300
+    data_seed: int = 0
+    # evaluation and execution
+    eval_every: int = 20
+    eval_batch_size: int = 16
+    eval_test: bool = False
+    eval_generate: bool = False
+    device: str = "auto"
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("prefix_length", "lora_r", "batch_size", "grad_accum", "max_steps", "max_length", "eval_every",
+                    "eval_batch_size", "validation_size", "test_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PTPlusError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise PTPlusError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise PTPlusError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.weight_decay < 0:
+            raise PTPlusError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise PTPlusError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in HYPERPARAMETERS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> "TrialConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise PTPlusError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise PTPlusError(f"{where}: {exc}") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrialConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise PTPlusError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise PTPlusError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(values, dict):
+            raise PTPlusError(f"{path}: expected a mapping of config keys")
+        return cls.from_dict({**values, **overrides}, where=str(path))
