@@ -92,13 +92,17 @@ class TrialConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrialConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise PTPlusError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise PTPlusError(f"{path}: not valid YAML ({exc})") from exc
-        if not isinstance(values, dict):
-            raise PTPlusError(f"{path}: expected a mapping of config keys")
-        return cls.from_dict({**values, **overrides}, where=str(path))
+        return cls.from_dict({**read_yaml_mapping(path), **overrides}, where=str(path))
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise PTPlusError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PTPlusError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(values, dict):
+        raise PTPlusError(f"{path}: expected a mapping of config keys")
+    return values
