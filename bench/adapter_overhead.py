@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import time
 
@@ -118,24 +119,30 @@ def main():
         else:
             memory[name] = step.saved_bytes()
 
+    # Rounds in a fresh random order each; ratios are taken within a round (same machine state), then the median
+    # over rounds, so drifts in machine load cancel out.
     times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    shuffle = random.Random(0)
     for _ in range(args.rounds):
-        for name, step in steps.items():
+        shuffle.shuffle(order)
+        for name in order:
             sync(args.device)
             start = time.perf_counter()
-            step()
+            steps[name]()
             sync(args.device)
             times[name].append(time.perf_counter() - start)
 
-    median = {name: statistics.median(ts) for name, ts in times.items()}
-    floor, lora = median["floor"], median["lora r=8 (q,v)"]
+    def ratio(name: str, reference: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+    lora = "lora r=8 (q,v)"
     mem_label = "peak MB" if args.device.startswith("cuda") else "saved-for-bw MB"
-    print(f"\n| variant | step ms | × floor | × LoRA | {mem_label} | mem × LoRA |")
+    print(f"\n| variant | median step ms | × floor | × LoRA | {mem_label} | mem × LoRA |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in steps:
-        print(f"| {name} | {median[name] * 1e3:.1f} | {median[name] / floor:.3f} | {median[name] / lora:.3f} | "
-              f"{memory[name] / 2**20:.1f} | {memory[name] / memory['lora r=8 (q,v)']:.3f} |")
-
+        print(f"| {name} | {statistics.median(times[name]) * 1e3:.1f} | {ratio(name, 'floor'):.3f} | "
+              f"{ratio(name, lora):.3f} | {memory[name] / 2**20:.1f} | {memory[name] / memory[lora]:.3f} |")
 
 if __name__ == "__main__":
     main()

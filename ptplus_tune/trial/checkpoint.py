@@ -17,6 +17,7 @@ from ptplus_tune.errors import PTPlusError
 
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "trial_config.json"
+ADAPTER_DIR = "adapter"
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,6 +50,7 @@ def write_checkpoint(parent: str | os.PathLike, *, model, optimizer, scheduler, 
         "extra": extra or {},
     }, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(hyperparameters, sort_keys=True, indent=1))
+    model.save_pretrained(tmp / ADAPTER_DIR)  # the adapter as users load it, so any checkpoint can be shipped
     final = Path(parent) / f"checkpoint_{step:06d}"
     if final.exists():
         shutil.rmtree(final)

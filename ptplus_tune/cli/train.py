@@ -1,11 +1,10 @@
-"""Command line: `ptplus-tune train ...` (one trial). The only module that prints."""
+"""`ptplus-tune train`: one trial from flags or a YAML file, with a progress bar; writes the adapter."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import sys
@@ -52,28 +51,15 @@ def _add_trial_flags(parser: argparse.ArgumentParser) -> None:
                            help=f"[{default}]")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ptplus-tune", description="Hyperparameter search for Prefix-Tuning+.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="run one trial and write its adapter", epilog=TRAIN_EXAMPLES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_train_parser() -> argparse.ArgumentParser:
+    train = argparse.ArgumentParser(prog="ptplus-tune train", description="Run one trial and write its adapter.",
+                                    epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", help="YAML file of trial settings; flags override it")
     train.add_argument("--output", help="folder for adapter, metrics and config [outputs/train-<time>]")
     train.add_argument("--resume-from", help="a checkpoint folder written by an interrupted run")
+    train.add_argument("-v", "--verbose", action="store_true", help="log details")
     _add_trial_flags(train)
-    return parser
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    return train
 
 
 def cmd_train(args) -> int:
@@ -140,17 +126,3 @@ def cmd_train(args) -> int:
           f"peak mem {final['peak_mem_mb']:.0f} MB")
     print(f"adapter: {output / 'adapter'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _quiet_libraries(args.verbose)
-        return {"train": cmd_train}[args.command](args)
-    except PTPlusError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Command line: `ptplus-tune [--space ...]` (a study) and `ptplus-tune train` (one run). The only place that prints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ptplus_tune.errors import PTPlusError
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        from ptplus_tune.cli.train import build_train_parser, cmd_train
+
+        args, run = build_train_parser().parse_args(argv[1:]), cmd_train
+    else:
+        from ptplus_tune.cli.tune import build_tune_parser, cmd_tune
+
+        args, run = build_tune_parser().parse_args(argv), cmd_tune
+    try:
+        _quiet_libraries(args.verbose)
+        return run(args)
+    except PTPlusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

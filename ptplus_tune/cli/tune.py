@@ -1,0 +1,149 @@
+"""`ptplus-tune [--space NAME|PATH]`: a study on Ray Tune, with progress lines and a final table."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ptplus_tune.errors import PTPlusError
+
+TUNE_EXAMPLES = """examples:
+  ptplus-tune --space default                         # the default study on this machine (or the running cluster)
+  ptplus-tune --space quick --dry-run                 # show the resolved space and plan, start nothing
+  ptplus-tune --space compare --num-samples 48 --max-concurrent 8 --gpus-per-trial 0.25
+  ptplus-tune --space my_space.yaml --address 10.0.0.5:6379 --name study1
+  ptplus-tune --resume study1                         # continue a killed study where it stopped
+  ptplus-tune train --help                            # one training run
+"""
+def build_tune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptplus-tune", epilog=TUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search Prefix-Tuning+ hyperparameters with Ray Tune (Optuna TPE proposes, ASHA stops early). "
+                    "Subcommand: train (one run).")
+    parser.add_argument("--space", default=None, help="shipped space name (default, quick, compare) or a YAML "
+                        "file [default]")
+    parser.add_argument("--num-samples", type=int, help="number of trials [from the space]")
+    parser.add_argument("--max-concurrent", type=int, help="trials at once [from the space]")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 [from the space]")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial [from the space]")
+    parser.add_argument("--seed", type=int, help="TPE seed [from the space]")
+    parser.add_argument("--model", help="base model for every trial (folder, .gguf or hub id) [from the space]")
+    parser.add_argument("--dataset", help="dataset for every trial [from the space]")
+    parser.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, a running `ray start`/`ray up` "
+                        "cluster, else a new local instance]")
+    parser.add_argument("--storage-path", default="ptplus_results",
+                        help="where studies keep their state (a shared path or URI on clusters) [ptplus_results]")
+    parser.add_argument("--name", help="study name [<space>-<date>-<time>]")
+    parser.add_argument("--resume", metavar="NAME", help="continue the study NAME under --storage-path")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved space and plan, start nothing")
+    parser.add_argument("--top", type=int, default=5, help="trials in the final table [5]")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return parser
+
+
+def _apply_overrides(spec, args) -> None:
+    from ptplus_tune.spaces import validate
+
+    for flag, attr in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            setattr(spec, attr, getattr(args, flag))
+    if args.gpus_per_trial is not None:
+        spec.resources.gpus = args.gpus_per_trial
+    if args.cpus_per_trial is not None:
+        spec.resources.cpus = args.cpus_per_trial
+    for key in ("model", "dataset"):
+        if getattr(args, key) is not None:
+            spec.trial[key] = getattr(args, key)
+    validate(spec)
+
+
+def _rungs(spec) -> list[int]:
+    rungs, t = [], spec.scheduler.grace_period
+    while t < spec.max_steps:
+        rungs.append(t)
+        t *= spec.scheduler.reduction_factor
+    return rungs
+
+
+def _plan(spec, name: str, path: Path) -> str:
+    res = spec.resources
+    return (f"study {name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, {res.cpus:g} CPU + "
+            f"{res.gpus:g} GPU each; TPE (seed {spec.seed}) optimises {spec.metric} ({spec.mode}); ASHA may stop "
+            f"trials at steps {_rungs(spec)} of {spec.max_steps}; state in {path}")
+
+
+class _ProgressPrinter(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _table(result, top: int) -> str:
+    ranked = sorted((t for t in result.trials if isinstance(t.metrics.get(result.metric), (int, float))),
+                    key=lambda t: t.metrics[result.metric], reverse=result.mode == "max")
+    params = sorted({k for t in ranked[:top] for k in t.config})
+    header = ["trial", "status", result.metric, "step", *params]
+    rows = [[t.trial_id, t.status, f"{t.metrics[result.metric]:.4f}", str(t.metrics.get("step", "")),
+             *[_cell(t.config.get(p)) for p in params]] for t in ranked[:top]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def cmd_tune(args) -> int:
+    from ptplus_tune.service import check_gpus, connect, experiment_path, run_study
+    from ptplus_tune.service.study import check_new, saved_spec
+    from ptplus_tune.spaces import load_space
+
+    if args.resume:
+        name = args.resume
+        spec = saved_spec(args.storage_path, name)
+        if args.space:
+            print("note: --resume uses the study's saved space; --space is ignored", file=sys.stderr)
+    else:
+        spec = load_space(args.space or "default")
+        _apply_overrides(spec, args)
+        name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        check_new(args.storage_path, name)
+    path = experiment_path(args.storage_path, name)
+    if args.dry_run:
+        print(spec.to_yaml().rstrip())
+        print(f"# space sha256 {spec.sha256}")
+        print(f"# {_plan(spec, name, path)}")
+        return 0
+
+    where = connect(args.address)
+    check_gpus(spec.resources.gpus)
+    progress = logging.getLogger("ptplus_tune.progress")
+    progress.addHandler(_ProgressPrinter())
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
+    print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path)}; on {where}", file=sys.stderr)
+    started = time.time()
+    result = run_study(spec, name, args.storage_path, resume=bool(args.resume))
+
+    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
+    print(f"\nstudy {name} done in {time.time() - started:.0f} s: {len(result.trials)} trials "
+          f"({counts['completed']} completed, {counts['early_stopped']} stopped early by ASHA, "
+          f"{counts['failed']} failed)")
+    best = result.best
+    if best is None:
+        print("no trial reported a result")
+        return 1
+    print(_table(result, args.top))
+    print(f"\nbest {result.metric}: {best.metrics[result.metric]:.4f} (trial {best.trial_id}, step "
+          f"{best.metrics.get('step')})")
+    print("best configuration:")
+    for key, value in sorted(best.config.items()):
+        print(f"  {key}: {value}")
+    if best.checkpoint:
+        print(f"best adapter: {Path(best.checkpoint) / 'adapter'}")
+    print(f"optuna study: optuna-dashboard sqlite:///{path / 'optuna.db'}")
+    return 0

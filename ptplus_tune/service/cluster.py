@@ -1,0 +1,62 @@
+"""Connecting to Ray: a given address, the cluster `ray up` / `ray start` left running, or a new local instance."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from ptplus_tune.errors import PTPlusError
+
+log = logging.getLogger(__name__)
+
+
+def _running_local_cluster() -> bool:
+    """`ray start` (also the head `ray up` starts) records its address here."""
+    root = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    return (Path(root) / "ray" / "ray_current_cluster").is_file()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise PTPlusError(f"the Ray cluster at {address} does not answer ({exc}); start it with `ray start --head` "
+                          f"or `ray up cluster.yaml`, or omit --address to run locally") from exc
+
+
+def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+    """Initialise Ray once per process; returns a description of where trials run."""
+    import ray
+
+    if ray.is_initialized():
+        return "the Ray instance this process already uses"
+    address = address or os.environ.get("RAY_ADDRESS") or ("auto" if _running_local_cluster() else None)
+    if address and address not in ("auto", "local"):
+        _check_reachable(address)
+    if address and address != "local":
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise PTPlusError(f"could not connect to the Ray cluster at {address}: {exc}") from exc
+        return f"Ray cluster at {address}"
+    # A new single-node instance only needs loopback: keep it off the machine's network interfaces.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
+    return "a new local Ray instance"
+
+
+def check_gpus(gpus_per_trial: float) -> None:
+    import ray
+
+    if gpus_per_trial <= 0:
+        return
+    total = ray.cluster_resources().get("GPU", 0)
+    if total < gpus_per_trial:
+        raise PTPlusError(f"the space asks for {gpus_per_trial:g} GPU(s) per trial but the Ray cluster has {total:g}; "
+                          f"use --gpus-per-trial 0 for CPU trials or connect to a cluster with GPUs (--address)")

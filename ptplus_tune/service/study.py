@@ -1,0 +1,145 @@
+"""A study: a StudySpec run as a Ray Tune experiment (OptunaSearch proposes, ASHA stops), resumable by name."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ptplus_tune.errors import PTPlusError
+from ptplus_tune.spaces import StudySpec, define_by_run
+
+log = logging.getLogger(__name__)
+OPTUNA_DB = "optuna.db"
+SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]  # the trial's last report
+    status: str  # completed | early_stopped | failed
+    checkpoint: str | None = None  # its last checkpoint folder (holds `adapter/`)
+
+
+@dataclass
+class StudyResult:
+    name: str
+    path: str
+    metric: str
+    mode: str
+    trials: list[TrialSummary] = field(default_factory=list)
+
+    @property
+    def best(self) -> TrialSummary | None:
+        scored = [t for t in self.trials if isinstance(t.metrics.get(self.metric), (int, float))]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda t: t.metrics[self.metric])
+
+
+def experiment_path(storage_path: str, name: str) -> Path:
+    return Path(storage_path).expanduser().resolve() / name
+
+
+def check_new(storage_path: str, name: str) -> Path:
+    path = experiment_path(storage_path, name)
+    if path.exists() and any(path.iterdir()):
+        raise PTPlusError(f"a study named {name!r} already exists in {path.parent}; continue it with --resume "
+                          f"{name} or choose another --name")
+    return path
+
+
+def saved_spec(storage_path: str, name: str) -> StudySpec:
+    from ptplus_tune.spaces import load_space
+
+    path = experiment_path(storage_path, name)
+    if not (path / SPEC_FILE).is_file():
+        raise PTPlusError(f"there is no study {name!r} to resume under {path.parent} (see --storage-path)")
+    return load_space(str(path / SPEC_FILE))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_searcher(spec: StudySpec, name: str, path: Path):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    path.mkdir(parents=True, exist_ok=True)
+    # The Optuna study lives in an RDB file next to the experiment: `optuna-dashboard sqlite:///…/optuna.db`.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path / OPTUNA_DB}")
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed)
+    searcher = OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
+                            study_name=name, storage=storage)
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+
+
+def build_scheduler(spec: StudySpec):
+    from ray.tune.schedulers import ASHAScheduler
+
+    # Budget = optimiser steps (the `step` every report carries), so rungs sit at grace_period · rf^k steps.
+    return ASHAScheduler(time_attr="step", max_t=spec.max_steps, grace_period=spec.scheduler.grace_period,
+                         reduction_factor=spec.scheduler.reduction_factor)
+
+
+def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
+              trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2) -> StudyResult:
+    """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised."""
+    from ray import tune
+
+    from ptplus_tune.service.progress import StudyProgress
+    from ptplus_tune.service.trainable import make_trainable
+
+    path = experiment_path(storage_path, name)
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    runnable = tune.with_resources(trainable or make_trainable(spec), resources)
+    if resume:
+        if not tune.Tuner.can_restore(str(path)):
+            raise PTPlusError(f"there is no study {name!r} to resume under {path.parent}")
+        log.info("resuming study %s from %s", name, path)
+        tuner = tune.Tuner.restore(str(path), trainable=runnable, resume_unfinished=True, resume_errored=True)
+    else:
+        check_new(storage_path, name)
+        _write_atomic(path / SPEC_FILE, spec.to_yaml())
+        tuner = tune.Tuner(
+            runnable,
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=build_searcher(spec, name, path),
+                                        scheduler=build_scheduler(spec), num_samples=spec.num_samples),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(path.parent),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[StudyProgress(spec.metric, spec.mode, spec.max_steps), *callbacks],
+                verbose=0,
+            ),
+        )
+    grid = tuner.fit()
+    return summarise(grid, name, path, spec)
+
+
+def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:
+    result = StudyResult(name, str(path), spec.metric, spec.mode)
+    for r in grid:
+        metrics = dict(r.metrics or {})
+        if r.error is not None:
+            status = "failed"
+        else:
+            status = "completed" if metrics.get("step", 0) >= spec.max_steps else "early_stopped"
+        result.trials.append(TrialSummary(
+            trial_id=metrics.get("trial_id") or os.path.basename(r.path),
+            config={k: v for k, v in (r.config or {}).items()},
+            metrics={k: v for k, v in metrics.items() if k != "config"},
+            status=status,
+            checkpoint=r.checkpoint.path if r.checkpoint else None,
+        ))
+    return result

@@ -1,0 +1,30 @@
+"""The Ray Tune function trainable: one `run_trial` per Tune trial, reporting through `ray.tune.report`."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+from ptplus_tune.spaces import StudySpec
+
+
+def make_trainable(spec: StudySpec):
+    fixed: dict[str, Any] = dict(spec.trial)
+    threads = max(1, math.floor(spec.resources.cpus))
+
+    def ptplus_trial(config: dict[str, Any]) -> None:
+        from ray import tune
+
+        from ptplus_tune.trial import TrialConfig, run_trial
+
+        def report(metrics: dict, checkpoint_dir: str | None) -> None:
+            checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            tune.report(metrics, checkpoint=checkpoint)
+
+        trial_config = TrialConfig.from_dict({**fixed, **config, "num_threads": threads})
+        checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a study
+        with checkpoint.as_directory() if checkpoint else nullcontext() as resume_from:
+            run_trial(trial_config, report=report, resume_from=resume_from)
+
+    return ptplus_trial

@@ -1,0 +1,261 @@
+"""Study specification: a YAML search space plus the study's settings, parsed and validated before Ray starts.
+
+The format is documented in search_spaces/README.md. Every problem names the file, the parameter and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptplus_tune.adapter import FEATURE_MAPS, MEMORIES, METHODS
+from ptplus_tune.errors import PTPlusError
+from ptplus_tune.trial import TrialConfig
+
+PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
+METRICS = ("eval_accuracy", "eval_loss", "train_loss")
+_CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
+_STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "scheduler",
+               "resources", "trial", "parameters"}
+
+
+@dataclass
+class Parameter:
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int | None = None
+    choices: list | None = None
+    value: Any = None
+    when: dict[str, list] = field(default_factory=dict)  # parent parameter → values that enable this one
+
+
+@dataclass
+class Scheduler:
+    grace_period: int = 20  # training steps before ASHA may stop a trial
+    reduction_factor: int = 3
+
+
+@dataclass
+class Resources:
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass
+class StudySpec:
+    name: str
+    parameters: list[Parameter]
+    trial: dict[str, Any]  # fixed TrialConfig settings for every trial (model, data, max_steps, ...)
+    metric: str = "eval_accuracy"
+    mode: str = "max"
+    num_samples: int = 20
+    max_concurrent: int = 2
+    seed: int = 0
+    scheduler: Scheduler = field(default_factory=Scheduler)
+    resources: Resources = field(default_factory=Resources)
+    description: str = ""
+    source: str = ""  # the file it came from
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.trial.get("max_steps", TrialConfig.max_steps))
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the resolved study (after overrides), stable across key order and YAML formatting."""
+        return hashlib.sha256(json.dumps(self.to_data(), sort_keys=True, default=str).encode()).hexdigest()
+
+    def parameter(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    def to_data(self) -> dict[str, Any]:
+        """The resolved spec in the YAML format it was read from (parse_space(to_data()) gives it back)."""
+        params = {}
+        for p in self.parameters:
+            raw: dict[str, Any] = {"type": p.type}
+            if p.type in ("float", "int"):
+                raw.update(low=p.low, high=p.high, log=p.log, **({"step": p.step} if p.step else {}))
+            elif p.type == "categorical":
+                raw["choices"] = p.choices
+            else:
+                raw["value"] = p.value
+            if p.when:
+                raw["when"] = p.when
+            params[p.name] = raw
+        return {"name": self.name, "description": self.description, "metric": self.metric, "mode": self.mode,
+                "num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
+                "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
+                "trial": dict(self.trial), "parameters": params}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_data(), sort_keys=False)
+
+
+def shipped_spaces() -> dict[str, Path]:
+    root = resources.files("ptplus_tune.search_spaces")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith((".yaml", ".yml"))}
+
+
+def load_space(name_or_path: str) -> StudySpec:
+    """A shipped space by name (`default`, `quick`, `compare`) or a YAML file by path."""
+    path = Path(name_or_path).expanduser()
+    if not path.suffix and not path.exists():
+        shipped = shipped_spaces()
+        if name_or_path not in shipped:
+            raise PTPlusError(f"unknown space {name_or_path!r}; shipped spaces: {', '.join(sorted(shipped))} "
+                              f"(or pass a path to a YAML file)")
+        path = shipped[name_or_path]
+    if not path.is_file():
+        raise PTPlusError(f"space file {name_or_path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PTPlusError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    return parse_space(data, source=str(path), default_name=path.stem)
+
+
+def _fail(source: str, where: str, problem: str):
+    raise PTPlusError(f"{source}: {where}: {problem}")
+
+
+def _number(source, where, value, kind=float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        _fail(source, where, f"expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    return kind(value)
+
+
+def _parse_parameter(source: str, name: str, raw: Any) -> Parameter:
+    where = f"parameter {name!r}"
+    if not isinstance(raw, dict):  # a bare value is a fixed parameter
+        raw = {"type": "fixed", "value": raw}
+    unknown = set(raw) - {"type", "low", "high", "log", "step", "choices", "value", "when"}
+    if unknown:
+        _fail(source, where, f"unknown key(s) {', '.join(sorted(unknown))}")
+    kind = raw.get("type")
+    if kind not in PARAMETER_TYPES:
+        _fail(source, where, f"unknown type {kind!r}; use one of {', '.join(PARAMETER_TYPES)}")
+    when = raw.get("when") or {}
+    if not isinstance(when, dict):
+        _fail(source, where, "`when` must map a parameter name to a value or a list of values")
+    param = Parameter(name, kind, when={k: v if isinstance(v, list) else [v] for k, v in when.items()})
+    if kind in ("float", "int"):
+        cast = float if kind == "float" else int
+        if "low" not in raw or "high" not in raw:
+            _fail(source, where, "needs low and high")
+        param.low, param.high = _number(source, where, raw["low"], cast), _number(source, where, raw["high"], cast)
+        param.log = bool(raw.get("log", False))
+        if param.low >= param.high:
+            _fail(source, where, f"low ({param.low}) must be < high ({param.high})")
+        if param.log and param.low <= 0:
+            _fail(source, where, f"log scale needs low > 0, got {param.low}")
+        if "step" in raw:
+            if kind != "int":
+                _fail(source, where, "step is for int parameters")
+            param.step = _number(source, where, raw["step"], int)
+            if param.step < 1 or param.log:
+                _fail(source, where, "step must be >= 1 and cannot be combined with log")
+    elif kind == "categorical":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            _fail(source, where, "needs a non-empty list of choices")
+        param.choices = choices
+    else:
+        if "value" not in raw:
+            _fail(source, where, "a fixed parameter needs a value")
+        param.value = raw["value"]
+    allowed = _CHOICES.get(name)
+    values = param.choices if kind == "categorical" else [param.value] if kind == "fixed" else []
+    for value in values if allowed else []:
+        if value not in allowed:
+            _fail(source, where, f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+    return param
+
+
+def parse_space(data: Any, source: str = "<space>", default_name: str = "study") -> StudySpec:
+    if not isinstance(data, dict):
+        _fail(source, "top level", "expected a mapping with at least `parameters`")
+    unknown = set(data) - _STUDY_KEYS
+    if unknown:
+        _fail(source, "top level", f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_STUDY_KEYS))}")
+    raw_params = data.get("parameters")
+    if not isinstance(raw_params, dict) or not raw_params:
+        _fail(source, "parameters", "expected a non-empty mapping of parameter name to definition")
+    trial = data.get("trial") or {}
+    if not isinstance(trial, dict):
+        _fail(source, "trial", "expected a mapping of fixed trial settings")
+    trial_keys = {f.name for f in dataclasses.fields(TrialConfig)}
+    for name in list(raw_params) + list(trial):
+        if name not in trial_keys:
+            _fail(source, f"parameter {name!r}", f"not a trial setting; known: {', '.join(sorted(trial_keys))}")
+    params = [_parse_parameter(source, name, raw) for name, raw in raw_params.items()]
+    seen: list[str] = []
+    for p in params:
+        for parent, values in p.when.items():
+            if parent not in seen:
+                _fail(source, f"parameter {p.name!r}", f"condition on {parent!r}, which is not a parameter defined "
+                      f"above it")
+            parent_param = next(q for q in params if q.name == parent)
+            if parent_param.type == "categorical":
+                bad = [v for v in values if v not in parent_param.choices]
+                if bad:
+                    _fail(source, f"parameter {p.name!r}", f"condition value(s) {bad} are not choices of {parent!r}")
+        seen.append(p.name)
+    overlap = sorted(set(trial) & set(raw_params))
+    if overlap:
+        _fail(source, "trial", f"{', '.join(overlap)} also appear(s) under parameters; keep one")
+
+    spec = StudySpec(name=str(data.get("name") or default_name), parameters=params, trial=trial, source=source,
+                     description=str(data.get("description", "")))
+    spec.metric = data.get("metric", spec.metric)
+    if spec.metric not in METRICS:
+        _fail(source, "metric", f"unknown metric {spec.metric!r}; choose one of {', '.join(METRICS)}")
+    spec.mode = data.get("mode", "min" if spec.metric.endswith("loss") else "max")
+    if spec.mode not in ("min", "max"):
+        _fail(source, "mode", f"must be min or max, got {spec.mode!r}")
+    for key in ("num_samples", "max_concurrent", "seed"):
+        if key in data:
+            setattr(spec, key, _number(source, key, data[key], int))
+    sched = data.get("scheduler") or {}
+    spec.scheduler = Scheduler(**{k: _number(source, f"scheduler.{k}", v, int) for k, v in sched.items()
+                                  if k in ("grace_period", "reduction_factor")})
+    if set(sched) - {"grace_period", "reduction_factor"}:
+        _fail(source, "scheduler", "only grace_period and reduction_factor (max budget is trial.max_steps)")
+    res = data.get("resources") or {}
+    if set(res) - {"cpus", "gpus"}:
+        _fail(source, "resources", "only cpus and gpus")
+    spec.resources = Resources(**{k: _number(source, f"resources.{k}", v) for k, v in res.items()})
+    # A trial config built from fixed values must itself be valid (e.g. max_steps >= 1).
+    try:
+        TrialConfig.from_dict({**trial, **{p.name: p.value for p in params if p.type == "fixed"}}, where=source)
+    except PTPlusError as exc:
+        raise PTPlusError(f"{source}: trial: {str(exc).removeprefix(source + ': ')}") from exc
+    validate(spec)
+    return spec
+
+
+def validate(spec: StudySpec) -> None:
+    """Checks that also hold after CLI overrides."""
+    src = spec.source
+    if spec.num_samples < 1:
+        _fail(src, "num_samples", "must be >= 1")
+    if spec.max_concurrent < 1:
+        _fail(src, "max_concurrent", "must be >= 1")
+    if spec.resources.cpus <= 0 or spec.resources.gpus < 0:
+        _fail(src, "resources", "cpus must be > 0 and gpus >= 0")
+    if spec.resources.gpus > 1 and not math.isclose(spec.resources.gpus, round(spec.resources.gpus)):
+        _fail(src, "resources.gpus", "above 1, GPUs per trial must be a whole number")
+    if spec.scheduler.reduction_factor < 2:
+        _fail(src, "scheduler.reduction_factor", "must be >= 2")
+    if not 1 <= spec.scheduler.grace_period <= spec.max_steps:
+        _fail(src, "scheduler.grace_period", f"must be between 1 and max_steps ({spec.max_steps})")

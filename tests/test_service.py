@@ -1,0 +1,142 @@
+"""The tuning service on a real local Ray instance (2 CPUs) with the tiny model: ASHA, conditions, best, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.ray_env import kill_ray_under, ray_env
+
+MAX_STEPS = 12
+
+
+def _space(tmp_path, tiny_trial, **study):
+    trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
+    trial.update(max_steps=MAX_STEPS, eval_every=2)
+    data = {
+        "name": "tiny", "metric": "eval_accuracy", "mode": "max", "num_samples": 6, "max_concurrent": 2, "seed": 3,
+        "scheduler": {"grace_period": 2, "reduction_factor": 2}, "resources": {"cpus": 1, "gpus": 0},
+        "trial": trial,
+        "parameters": {
+            "feature_map": {"type": "categorical", "choices": ["elu", "mlp"]},
+            "feature_dim": {"type": "int", "low": 4, "high": 16, "when": {"feature_map": "mlp"}},
+            "prefix_length": {"type": "int", "low": 2, "high": 8},
+            "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        },
+        **study,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _trial_results(study_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, read from Tune's result.json files."""
+    out = {}
+    for result_file in study_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def _run_cli(args, env, **kwargs):
+    return subprocess.run([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900, **kwargs)
+
+
+def test_quick_study_end_to_end(tmp_path, tiny_trial):
+    env = ray_env()
+    try:
+        proc = _run_cli(["--space", _space(tmp_path, tiny_trial), "--storage-path", str(tmp_path / "results"),
+                         "--name", "s1"], env)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = _trial_results(tmp_path / "results" / "s1")
+    assert len(results) == 6
+    final = {tid: rows[-1] for tid, rows in results.items()}
+    # ASHA really stops some trials before the budget; the others run it out.
+    stopped = [tid for tid, r in final.items() if r["step"] < MAX_STEPS]
+    assert stopped and len(stopped) < 6
+    for rows in results.values():
+        config = rows[0]["config"]
+        assert ("feature_dim" in config) == (config["feature_map"] == "mlp")
+        assert [r["step"] for r in rows] == list(range(2, rows[-1]["step"] + 1, 2))
+    best_id, best = max(final.items(), key=lambda kv: kv[1]["eval_accuracy"])
+    assert f"best eval_accuracy: {best['eval_accuracy']:.4f}" in proc.stdout
+    assert "stopped early by ASHA" in proc.stdout and "best configuration:" in proc.stdout
+    assert f"learning_rate: {best['config']['learning_rate']}" in proc.stdout
+    adapter = proc.stdout.split("best adapter: ")[1].splitlines()[0]
+    assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert "started" in proc.stderr and "finished" in proc.stderr  # progress lines while it runs
+    assert (tmp_path / "results" / "s1" / "optuna.db").is_file()
+
+
+def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial):
+    env = ray_env()
+    space = _space(tmp_path, tiny_trial, num_samples=5)
+    args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", "s2"]
+    study = tmp_path / "results" / "s2"
+    driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:  # kill once some trials are done and others are mid-way
+            finals = [rows[-1] for rows in _trial_results(study).values()]
+            if sum(r["step"] >= 4 for r in finals) >= 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the study made no progress")
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    before = _trial_results(study)
+    assert 0 < len(before) <= 5
+    env = ray_env()
+    try:
+        proc = _run_cli(["--resume", "s2", "--storage-path", str(tmp_path / "results")], env)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = _trial_results(study)
+    assert len(after) == 5  # exactly the requested number of trials
+    for tid, rows in after.items():
+        steps = [r["step"] for r in rows]
+        assert len(steps) == len(set(steps)), f"trial {tid} ran steps twice: {steps}"
+    configs = [json.dumps(rows[0]["config"], sort_keys=True) for rows in after.values()]
+    assert len(set(configs)) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--space", "nope"], "error: unknown space 'nope'; shipped spaces: compare, default, quick"),
+    (["--space", "quick", "--address", "127.0.0.1:9"], "error: the Ray cluster at 127.0.0.1:9 does not answer"),
+    (["--space", "quick", "--gpus-per-trial", "1"], "error: the space asks for 1 GPU(s) per trial but the Ray "
+                                                    "cluster has 0"),
+    (["--resume", "never-ran"], "error: there is no study 'never-ran' to resume"),
+])
+def test_service_errors_are_one_line(tmp_path, args, message):
+    env = ray_env()
+    try:
+        proc = _run_cli([*args, "--storage-path", str(tmp_path / "r")], env, cwd=tmp_path)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
+    proc = _run_cli(["--space", "default", "--num-samples", "7", "--dry-run", "--storage-path", str(tmp_path)],
+                    ray_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "num_samples: 7" in proc.stdout and "ASHA may stop trials at steps [20]" in proc.stdout
+    assert list(tmp_path.iterdir()) == []

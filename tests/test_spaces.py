@@ -1,0 +1,76 @@
+"""Search-space files: shipped spaces, the format, every validation error (named file + parameter), sampling."""
+
+import optuna
+import pytest
+import yaml
+
+from ptplus_tune.errors import PTPlusError
+from ptplus_tune.spaces import define_by_run, load_space, parse_space, shipped_spaces
+
+
+def test_shipped_spaces_load_and_round_trip():
+    assert {"default", "quick", "compare"} <= set(shipped_spaces())
+    for name in shipped_spaces():
+        spec = load_space(name)
+        again = parse_space(yaml.safe_load(spec.to_yaml()), source="again")
+        assert again.to_data() == spec.to_data() and again.sha256 == spec.sha256
+    default = load_space("default")
+    assert {p.name for p in default.parameters} >= {"prefix_length", "feature_map", "learning_rate"}
+    assert set(default.parameter("feature_map").choices) == {"elu", "elu_plus_one", "gelu", "relu", "identity", "mlp"}
+    assert default.parameter("learning_rate").log
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(PTPlusError, match="unknown space 'nope'; shipped spaces: compare, default, quick"):
+        load_space("nope")
+
+
+def _write(tmp_path, parameters, **study):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"parameters": parameters, **study}))
+    return str(path)
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"learning_rate": {"type": "uniform", "low": 0.1, "high": 1}}, "parameter 'learning_rate': unknown type 'uniform'"),
+    ({"learning_rate": {"type": "float", "low": 0.1, "high": 0.1}}, "parameter 'learning_rate': low \\(0.1\\) must be < high"),
+    ({"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
+    ({"feature_map": {"type": "categorical", "choices": ["elu", "tanh"]}}, "unknown feature_map 'tanh'; choose from elu"),
+    ({"feature_dim": {"type": "int", "low": 8, "high": 64, "when": {"feature_map": "mlp"}}},
+     "parameter 'feature_dim': condition on 'feature_map', which is not a parameter"),
+    ({"learning_rte": {"type": "float", "low": 0.1, "high": 1}}, "parameter 'learning_rte': not a trial setting"),
+    ({"prefix_length": {"type": "int", "low": 2, "high": 9, "step": 2, "log": True}}, "cannot be combined with log"),
+    ({"method": {"type": "fixed", "value": "adapters"}}, "unknown method 'adapters'"),
+])
+def test_validation_names_file_parameter_and_problem(tmp_path, parameters, message):
+    path = _write(tmp_path, parameters)
+    with pytest.raises(PTPlusError, match=f"{path}: .*{message}"):
+        load_space(path)
+
+
+@pytest.mark.parametrize("study, message", [
+    ({"metric": "bleu"}, "metric: unknown metric 'bleu'"),
+    ({"scheduler": {"grace_period": 100}, "trial": {"max_steps": 10}}, "grace_period: must be between 1 and max_steps"),
+    ({"num_samples": 0}, "num_samples: must be >= 1"),
+    ({"trial": {"max_steps": 0}}, "max_steps must be an integer >= 1"),
+])
+def test_study_settings_are_validated(tmp_path, study, message):
+    with pytest.raises(PTPlusError, match=message):
+        load_space(_write(tmp_path, {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}, **study))
+
+
+def test_conditional_parameters_appear_only_with_their_parent_value():
+    spec = load_space("compare")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = define_by_run(spec)
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        space(trial)
+        params, method = trial.params, trial.params["method"]
+        seen.add(method)
+        assert ("feature_map" in params) == (method == "ptplus")
+        assert ("lora_r" in params) == ("lora_alpha" in params) == (method == "lora")
+        assert ("prefix_length" in params) == (method in ("ptplus", "prefix_tuning"))
+        study.tell(trial, 0.0)
+    assert seen == {"ptplus", "lora", "prefix_tuning"}
