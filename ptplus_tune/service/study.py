@@ -100,6 +100,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     from ptplus_tune.service.progress import StudyProgress
     from ptplus_tune.service.trainable import make_trainable
 
+    _quiet_tune()
     path = experiment_path(storage_path, name)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     runnable = tune.with_resources(trainable or make_trainable(spec), resources)
@@ -125,6 +126,19 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         )
     grid = tuner.fit()
     return summarise(grid, name, path, spec)
+
+
+def _quiet_tune() -> None:
+    """Progress reaches the user through StudyProgress; keep Tune's and Optuna's own console output out of it."""
+    import warnings
+
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0 fully
+    # One checkpoint per evaluation is by design (resume and retries start from it); don't warn about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:

@@ -3,7 +3,7 @@ has an enabling value, so TPE (grouped) models each branch separately."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from ptplus_tune.spaces.spec import Parameter, StudySpec
 
@@ -12,10 +12,16 @@ def _enabled(param: Parameter, chosen: dict[str, Any]) -> bool:
     return all(parent in chosen and chosen[parent] in values for parent, values in param.when.items())
 
 
-def define_by_run(spec: StudySpec) -> Callable[[Any], dict[str, Any]]:
-    def space(trial) -> dict[str, Any]:
+class DefineByRun:
+    """The define-by-run function OptunaSearch calls per trial. A class, not a closure: Tune pickles the searcher
+    (this included) into the experiment state that `--resume` restores."""
+
+    def __init__(self, spec: StudySpec):
+        self.parameters = spec.parameters
+
+    def __call__(self, trial) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
-        for p in spec.parameters:
+        for p in self.parameters:
             if not _enabled(p, chosen):
                 continue
             if p.type == "float":
@@ -26,6 +32,8 @@ def define_by_run(spec: StudySpec) -> Callable[[Any], dict[str, Any]]:
                 chosen[p.name] = trial.suggest_categorical(p.name, p.choices)
             else:
                 chosen[p.name] = p.value
-        return {p.name: chosen[p.name] for p in spec.parameters if p.type == "fixed" and p.name in chosen}
+        return {p.name: chosen[p.name] for p in self.parameters if p.type == "fixed" and p.name in chosen}
 
-    return space
+
+def define_by_run(spec: StudySpec) -> DefineByRun:
+    return DefineByRun(spec)
