@@ -138,8 +138,9 @@ def _loss_after_training(model, steps=40, lr=2e-2):
 @pytest.mark.parametrize("feature_map", FEATURE_MAPS)
 def test_every_feature_map_and_memory_learns(feature_map, memory):
     model = get_ptplus_model(tiny_llama(), PTPlusConfig(feature_map=feature_map, memory=memory, prefix_length=8))
-    # elu_plus_one is all-positive, so unnormalised φ(q)·φ(k) scores are large: it needs a smaller step.
-    first, last = _loss_after_training(model, lr=3e-3 if feature_map == "elu_plus_one" else 2e-2)
+    # elu_plus_one is all-positive, so unnormalised φ(q)·φ(k) scores are large: it needs smaller, more steps.
+    slow = feature_map == "elu_plus_one"
+    first, last = _loss_after_training(model, steps=60 if slow else 40, lr=5e-3 if slow else 2e-2)
     assert last < 0.7 * first, (first, last)
 
 

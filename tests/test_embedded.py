@@ -31,13 +31,14 @@ def test_concurrent_first_use_converts_once(embedded_cache):
     assert leftovers == []
 
 
-def test_a_few_steps_on_the_real_model_and_data(embedded_cache, monkeypatch):
+def test_a_few_steps_on_the_real_model_and_data_learn_the_task(embedded_cache, monkeypatch):
     monkeypatch.setenv("PTPLUS_TUNE_CACHE", str(embedded_cache))
-    config = TrialConfig(max_steps=3, eval_every=3, k_shot=2, validation_size=10, test_size=10, max_length=48,
+    config = TrialConfig(max_steps=10, eval_every=10, k_shot=2, validation_size=40, test_size=10, max_length=64,
                          eval_test=True)
-    result = run_trial(config)
-    metrics = result.metrics
-    assert metrics["step"] == 3
+    metrics = run_trial(config).metrics
+    assert metrics["step"] == 10
     assert metrics["trainable_params"] == 30 * 9 * 16 * 64 * 2  # 30 layers x 9 query heads x 16 slots x (k, v)
-    assert 0.0 <= metrics["eval_accuracy"] <= 1.0 and 0.0 <= metrics["test_accuracy"] <= 1.0
-    assert 0.0 < metrics["eval_loss"] < 20.0 and metrics["tokens_per_s"] > 0
+    # Zero-shot scores ~55% and chance is 20%; 10 default steps reach ~85%. A broken default (e.g. the memory
+    # swamping attention, as with N(0, 1) slot keys) stays near chance.
+    assert metrics["eval_accuracy"] >= 0.6, metrics
+    assert 0.0 < metrics["eval_loss"] < 1.5 and metrics["tokens_per_s"] > 0 and 0 <= metrics["test_accuracy"] <= 1

@@ -6,12 +6,18 @@ Choices the paper leaves open, made here:
   sits; a post-rotary q would make φ(q)ᵀM depend on absolute position, which a prefix outside the softmax, with no
   position of its own, should not. It also lets us read q straight off the projection, so any attention kernel works.
 - Every query head has its own memory, also under grouped-query attention (the paper's formula is per query head).
-- Slot keys start at N(0, 1): distinct enough after φ that the p slots do not collapse to one direction (with
-  N(0, 1/head_dim), elu_plus_one maps every key to nearly the all-ones vector and slots barely learn). Slot values and
-  the `full` memory start at zero, so a fresh adapter returns exactly the base model's outputs.
+- Slot keys start at N(0, 1/head_dim), so φ(q)·φ(k) has the scale of a scaled dot-product logit. With N(0, 1)
+  the scores on SmolLM2-135M are ~8x larger (rms 6-9), the memory swamps the attention output within a few steps at
+  lr 1e-3, and few-shot BBC News accuracy fell to chance (18% vs 93% after 30 steps). Slot values and the `full`
+  memory start at zero, so a fresh adapter returns exactly the base model's outputs.
+- No normalisation of the read-out (the paper drops linear attention's denominator). For the all-positive
+  elu_plus_one that makes the scores large (≈ Σ φ(q)), so it needs a much smaller learning rate than elu: the
+  search space's log-uniform learning rate is what finds it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -35,7 +41,7 @@ class PTPlusLayer(nn.Module):
         self.feature_map = FeatureMap(feature_map, head_dim, feature_dim)
         d_phi = self.feature_map.out_dim
         if memory == "slots":
-            self.slot_keys = nn.Parameter(torch.randn(num_heads, prefix_length, head_dim))
+            self.slot_keys = nn.Parameter(torch.randn(num_heads, prefix_length, head_dim) / math.sqrt(head_dim))
             self.slot_values = nn.Parameter(torch.zeros(num_heads, prefix_length, head_dim))
             # (φ(q)φ(K)ᵀ)V costs p·(d_φ + d) per token and head, φ(q)(φ(K)ᵀV) costs d_φ·d: take the cheaper order.
             self._factorised = prefix_length * (d_phi + head_dim) < d_phi * head_dim

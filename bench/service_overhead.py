@@ -1,0 +1,72 @@
+"""What the service adds per trial: N no-op trials through the whole service (spec, OptunaSearch with its RDB
+study, ASHA, concurrency limit, progress callback, checkpoint-free reporting) against bare Ray Tune with the same
+trainable and the same Ray instance, measured in one run. Target: ratio <= 1.5.
+
+    RAY_AUTH_MODE=disabled python bench/service_overhead.py --trials 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from ptplus_tune.service import run_study  # noqa: E402
+from ptplus_tune.spaces import load_space  # noqa: E402
+
+STEPS = (20, 40, 60)
+
+
+def noop_trial(config):
+    """Reports like a real trial (three evaluations), does no training."""
+    score = 1.0 / (1.0 + abs(math.log10(config["learning_rate"]) + 3)) + 0.01 * config["prefix_length"] / 64
+    for step in STEPS:
+        tune.report({"step": step, "eval_accuracy": score * step / STEPS[-1]})
+
+
+def bare(trials: int, storage: str) -> float:
+    space = {"prefix_length": tune.lograndint(4, 65), "learning_rate": tune.loguniform(1e-4, 1e-2),
+             "feature_map": tune.choice(["elu", "elu_plus_one", "gelu", "relu", "identity", "mlp"])}
+    tuner = tune.Tuner(tune.with_resources(noop_trial, {"cpu": 1}), param_space=space,
+                       tune_config=tune.TuneConfig(metric="eval_accuracy", mode="max", num_samples=trials),
+                       run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0))
+    start = time.perf_counter()
+    tuner.fit()
+    return time.perf_counter() - start
+
+
+def service(trials: int, storage: str) -> float:
+    spec = load_space("default")
+    spec.num_samples, spec.max_concurrent, spec.resources.cpus = trials, int(ray.cluster_resources()["CPU"]), 1
+    start = time.perf_counter()
+    run_study(spec, "service", storage, trainable=noop_trial)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=100)
+    args = parser.parse_args()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as storage:
+        t_bare = bare(args.trials, storage)
+        t_service = service(args.trials, storage)
+    ray.shutdown()
+    print(f"{args.trials} no-op trials on {os.cpu_count()} CPUs: bare Ray Tune {t_bare:.1f} s "
+          f"({t_bare / args.trials:.2f} s/trial), service {t_service:.1f} s ({t_service / args.trials:.2f} s/trial)")
+    print(f"service / bare = {t_service / t_bare:.3f}   (target <= 1.5; added {(t_service - t_bare) / args.trials:.3f} "
+          f"s per trial)")
+
+
+if __name__ == "__main__":
+    main()
