@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` (install + one real training run on the embedded default, CPU,
+# Two commands on a fresh machine: `make demo` (install + the default study on the embedded model and data, CPU,
 # offline) and `make test` (install + the whole test suite).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,13 +18,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/ptplus-tune train
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/ptplus-tune --space default
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) bench/adapter_overhead.py
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) bench/service_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

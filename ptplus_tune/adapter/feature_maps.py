@@ -8,13 +8,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_FIXED = {
-    "elu": F.elu,  # the paper's choice
-    "elu_plus_one": lambda x: F.elu(x) + 1.0,  # positive kernel of linear attention (Katharopoulos et al.)
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "identity": lambda x: x,
-}
+
+def preactivation(name: str, query, weight, bias):
+    """The feature map's input: the query itself, or Wq + b for the learned `mlp` kernel."""
+    return F.linear(query, weight, bias) if name == "mlp" else query
+
+
+def activation(name: str, x):
+    """φ applied to the pre-activation."""
+    if name in ("elu", "elu_plus_one"):  # elu: the paper's; elu + 1: the positive kernel of linear attention
+        out = F.elu(x)
+        return out + 1.0 if name == "elu_plus_one" else out
+    if name == "gelu":
+        return F.gelu(x)
+    if name in ("relu", "mlp"):
+        return F.relu(x)
+    return x  # identity
+
+
+def activation_grad(name: str, x, grad):
+    """grad · φ'(x), for the hand-written backward of the read-out."""
+    if name in ("elu", "elu_plus_one"):
+        return torch.where(x > 0, grad, grad * torch.exp(x))
+    if name == "gelu":  # d/dx x·Φ(x) = Φ(x) + x·N(x)
+        cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+        pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+        return grad * (cdf + x * pdf)
+    if name in ("relu", "mlp"):
+        return grad * (x > 0)
+    return grad
 
 
 class FeatureMap(nn.Module):
@@ -31,15 +53,13 @@ class FeatureMap(nn.Module):
             self.out_dim = feature_dim or head_dim
             self.weight = nn.Parameter(torch.randn(self.out_dim, head_dim) * math.sqrt(2.0 / head_dim))
             self.bias = nn.Parameter(torch.zeros(self.out_dim))
-            self._fn = None
         else:
             self.out_dim = head_dim
-            self._fn = _FIXED[name]
+            self.weight = self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fn is not None:
-            return self._fn(x)
-        return F.relu(F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype)))
+        weight, bias = (self.weight.to(x.dtype), self.bias.to(x.dtype)) if self.weight is not None else (None, None)
+        return activation(self.name, preactivation(self.name, x, weight, bias))
 
     def extra_repr(self) -> str:
         return f"{self.name}, out_dim={self.out_dim}"

@@ -21,9 +21,9 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ptplus_tune.adapter.feature_maps import FeatureMap
+from ptplus_tune.adapter.readout import MemoryReadout
 
 
 class PTPlusLayer(nn.Module):
@@ -56,18 +56,14 @@ class PTPlusLayer(nn.Module):
 
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """query: [..., num_heads, head_dim] (pre-rotary) → memory read-out [..., num_heads * head_dim]."""
-        if torch.is_grad_enabled() and (query.requires_grad or any(p.requires_grad for p in self.parameters())):
-            # Keep only q for backward and recompute φ(q) there: without this, maps like elu save both q and φ(q)
-            # (and slots their scores), and the adapter would cost more activation memory than LoRA.
-            return checkpoint(self._read, query, use_reentrant=False)
-        return self._read(query)
-
-    def _read(self, query: torch.Tensor) -> torch.Tensor:
-        lead = query.shape[:-2]
-        phi_q = self.feature_map(query).reshape(-1, self.num_heads, self.feature_map.out_dim).transpose(0, 1)
+        lead, dtype = query.shape[:-2], query.dtype
+        heads_first = query.reshape(-1, self.num_heads, self.head_dim).transpose(0, 1)
+        fm = self.feature_map
+        weight, bias = (fm.weight.to(dtype), fm.bias.to(dtype)) if fm.weight is not None else (None, None)
         if self.memory == "slots" and self._factorised:
-            keys = self.feature_map(self.slot_keys.to(query.dtype))
-            out = torch.matmul(torch.matmul(phi_q, keys.transpose(1, 2)), self.slot_values.to(query.dtype))
+            keys = fm(self.slot_keys.to(dtype))
+            out = MemoryReadout.apply(heads_first, fm.name, weight, bias, None, keys, self.slot_values.to(dtype))
         else:
-            out = torch.matmul(phi_q, self.effective_memory().to(query.dtype))
+            out = MemoryReadout.apply(heads_first, fm.name, weight, bias, self.effective_memory().to(dtype), None,
+                                      None)
         return out.transpose(0, 1).reshape(*lead, self.num_heads * self.head_dim)
