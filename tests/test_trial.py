@@ -172,3 +172,13 @@ def test_cli_bad_input_is_one_error_line_and_writes_nothing(tiny_trial, tmp_path
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and __import__("re").match(message, lines[0]), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_trial_config_from_yaml_with_flag_overrides(tmp_path):
+    path = tmp_path / "trial.yaml"
+    path.write_text("feature_map: gelu\nlearning_rate: 0.002\nmax_steps: 30\n")
+    config = TrialConfig.from_yaml(path, max_steps=5)
+    assert (config.feature_map, config.learning_rate, config.max_steps) == ("gelu", 0.002, 5)
+    path.write_text("feature_mapp: gelu\n")
+    with pytest.raises(PTPlusError, match="unknown key\\(s\\) feature_mapp"):
+        TrialConfig.from_yaml(path)
