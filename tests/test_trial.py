@@ -121,6 +121,8 @@ def test_each_method_trains(tiny_trial, method):
     ({"k_shot": 40}, "k_shot=40 but class"),
     ({"validation_size": 0}, "validation_size must be an integer >= 1"),
     ({"learning_rate": -1.0}, "learning_rate must be > 0"),
+    ({"feature_map": "tanh"}, "unknown feature_map 'tanh'"),
+    ({"method": "adapters"}, "unknown method 'adapters'"),
 ])
 def test_bad_input_fails_before_training(tiny_trial, bad, message):
     reports = []

@@ -19,18 +19,30 @@ DEFAULTS: dict[str, Any] = {
 _LORA_TARGETS = {**{kind: ["q_proj", "v_proj"] for kind in LLAMA_FAMILY}, "gpt2": ["c_attn"]}
 
 
+def check_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat hyperparameters with defaults filled in; a clear error for a bad method or adapter setting, before
+    any model is loaded."""
+    hp = {**DEFAULTS, **{k: v for k, v in hyperparameters.items() if v is not None}}
+    if hp["method"] not in METHODS:
+        raise PTPlusError(f"unknown method {hp['method']!r}; choose one of: {', '.join(METHODS)}")
+    if hp["method"] == "ptplus":
+        _ptplus_config(hp)
+    elif isinstance(hp["prefix_length"], bool) or not isinstance(hp["prefix_length"], int) or hp["prefix_length"] < 1:
+        raise PTPlusError(f"prefix_length must be an integer >= 1, got {hp['prefix_length']!r}")
+    return hp
+
+
+def _ptplus_config(hp: Mapping[str, Any]) -> PTPlusConfig:
+    return PTPlusConfig(feature_map=hp["feature_map"], memory=hp["memory"], prefix_length=hp["prefix_length"],
+                        feature_dim=hp["feature_dim"])
+
+
 def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Module:
     """Freeze `model` and wrap it with the adapter `hyperparameters["method"]` names (other keys are ignored)."""
-    hp = {**DEFAULTS, **{k: v for k, v in hyperparameters.items() if v is not None}}
+    hp = check_hyperparameters(hyperparameters)
     method = hp["method"]
     if method == "ptplus":
-        config = PTPlusConfig(
-            feature_map=hp["feature_map"], memory=hp["memory"], prefix_length=int(hp["prefix_length"]),
-            feature_dim=None if hp["feature_dim"] is None else int(hp["feature_dim"]),
-        )
-        return get_ptplus_model(model, config)
-    if method not in METHODS:
-        raise PTPlusError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        return get_ptplus_model(model, _ptplus_config(hp))
     kind = model_type(model)
     if kind not in SUPPORTED_MODEL_TYPES:
         raise PTPlusError(f"model type {kind!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
@@ -42,9 +54,7 @@ def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Mo
             lora_dropout=float(hp["lora_dropout"]), target_modules=_LORA_TARGETS[kind],
         )
     else:
-        if int(hp["prefix_length"]) < 1:
-            raise PTPlusError(f"prefix_length must be an integer >= 1, got {hp['prefix_length']!r}")
-        config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=int(hp["prefix_length"]))
+        config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=hp["prefix_length"])
     return peft.get_peft_model(model, config)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from ptplus_tune.adapter.builder import check_hyperparameters
 from ptplus_tune.data import DEFAULT_PROMPT, DEFAULT_TARGET, EMBEDDED_DATASET
 from ptplus_tune.errors import PTPlusError
 
@@ -72,6 +73,7 @@ class TrialConfig:
             raise PTPlusError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise PTPlusError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        check_hyperparameters(self.hyperparameters())  # adapter settings fail here, before a model is loaded
 
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in HYPERPARAMETERS}
