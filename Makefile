@@ -18,14 +18,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 install: $(VENV)/.installed
 
 demo: install
-	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/ptplus-tune --space default
+	$(VENV)/bin/ptplus-tune --space default
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) bench/adapter_overhead.py
-	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) bench/service_overhead.py
+	$(PY) bench/service_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -2,7 +2,7 @@
 study, ASHA, concurrency limit, progress callback, checkpoint-free reporting) against bare Ray Tune with the same
 trainable and the same Ray instance, measured in one run. Target: ratio <= 1.5.
 
-    RAY_AUTH_MODE=disabled python bench/service_overhead.py --trials 100
+    python bench/service_overhead.py --trials 100
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
