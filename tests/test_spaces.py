@@ -74,3 +74,18 @@ def test_conditional_parameters_appear_only_with_their_parent_value():
         assert ("prefix_length" in params) == (method in ("ptplus", "prefix_tuning"))
         study.tell(trial, 0.0)
     assert seen == {"ptplus", "lora", "prefix_tuning"}
+
+
+def test_a_built_wheel_ships_the_spaces(tmp_path):
+    """`--space NAME` must work after a plain (non-editable) install: the YAML files are package data."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    for space in ("default", "quick", "compare"):
+        assert f"ptplus_tune/search_spaces/{space}.yaml" in names
