@@ -94,3 +94,14 @@ def test_prompt_truncates_the_text_only_and_targets_are_masked(tiny_model_dir):
     assert batch["attention_mask"][1].tolist() == [1] * 6 + [0] * 4
     with pytest.raises(PTPlusError, match="must contain \\{text\\} exactly once"):
         PromptEncoder(tokenizer, 10, prompt_template="no placeholder")
+
+
+def test_class_label_columns_become_their_names():
+    import datasets
+
+    from ptplus_tune.data.datasets import _examples
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    rows = datasets.Dataset.from_dict({"text": ["bad", "good"], "label": [0, 1]}, features=features)
+    assert _examples(rows, "text", "label", "hub[train]") == [Example("bad", "neg"), Example("good", "pos")]

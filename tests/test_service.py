@@ -16,9 +16,9 @@ from tests.ray_env import kill_ray_under, ray_env
 MAX_STEPS = 12
 
 
-def _space(tmp_path, tiny_trial, **study):
+def _space(tmp_path, tiny_trial, max_steps=MAX_STEPS, **study):
     trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
-    trial.update(max_steps=MAX_STEPS, eval_every=2)
+    trial.update(max_steps=max_steps, eval_every=2)
     data = {
         "name": "tiny", "metric": "eval_accuracy", "mode": "max", "num_samples": 6, "max_concurrent": 2, "seed": 3,
         "scheduler": {"grace_period": 2, "reduction_factor": 2}, "resources": {"cpus": 1, "gpus": 0},
@@ -116,6 +116,50 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
         assert len(steps) == len(set(steps)), f"trial {tid} ran steps twice: {steps}"
     configs = [json.dumps(rows[0]["config"], sort_keys=True) for rows in after.values()]
     assert len(set(configs)) == 5
+
+
+def _trial_workers(ray_root: str) -> list[int]:
+    """PIDs of Ray's trial worker processes started under this test's Ray temp root."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"ray::ImplicitFunc" in (proc / "cmdline").read_bytes() and \
+                    f"RAY_TMPDIR={ray_root}".encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial):
+    env = ray_env()
+    space = _space(tmp_path, tiny_trial, max_steps=80, num_samples=1, max_concurrent=1,
+                   scheduler={"grace_period": 80, "reduction_factor": 2})
+    study = tmp_path / "results" / "s3"
+    driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--storage-path",
+                               str(tmp_path / "results"), "--name", "s3"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            rows = next(iter(_trial_results(study).values()), [])
+            if rows and rows[-1]["step"] >= 10 and _trial_workers(env["RAY_TMPDIR"]):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the trial never got going")
+        for pid in _trial_workers(env["RAY_TMPDIR"]):
+            os.kill(pid, signal.SIGKILL)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert driver.returncode == 0, err[-3000:]
+    assert "retrying it from its last checkpoint" in err
+    assert "(1 completed, 0 stopped early by ASHA, 0 failed)" in out
+    steps = [r["step"] for r in next(iter(_trial_results(study).values()))]
+    assert steps[-1] == 80 and steps.count(2) == 1, steps  # finished, and not restarted from step 0
+    assert sorted(set(steps)) == list(range(2, 81, 2))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -20,15 +20,19 @@ class StudyProgress(Callback):
         self.finished: set[str] = set()
         self.stopped_early: set[str] = set()
         self.failed: set[str] = set()
-        self.best: tuple[float, str] | None = None
+        self.latest: dict[str, float] = {}  # each trial's last reported metric, as the final table ranks them
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best[0] if self.mode == "max" else value < self.best[0]
+    @property
+    def best(self) -> tuple[float, str] | None:
+        if not self.latest:
+            return None
+        pick = max if self.mode == "max" else min
+        trial_id = pick(self.latest, key=self.latest.__getitem__)
+        return self.latest[trial_id], trial_id
 
     def status(self) -> str:
-        best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "no result yet"
+        best = self.best
+        best = f"best {self.metric} {best[0]:.4f} ({best[1]})" if best else "no result yet"
         return (f"{len(self.running)} running, {len(self.finished)} finished, {len(self.stopped_early)} stopped "
                 f"early, {len(self.failed)} failed; {best}")
 
@@ -38,8 +42,8 @@ class StudyProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
-        if value is not None and self._better(value):
-            self.best = (value, trial.trial_id)
+        if isinstance(value, (int, float)):
+            self.latest[trial.trial_id] = value
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
@@ -48,6 +52,10 @@ class StudyProgress(Callback):
         how = "finished" if step >= self.max_steps else f"stopped early at step {step}"
         log.info("trial %s %s: %s=%s | %s", trial.trial_id, how, self.metric,
                  _fmt((trial.last_result or {}).get(self.metric)), self.status())
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        log.warning("trial %s failed; retrying it from its last checkpoint (step %s)", trial.trial_id,
+                    (trial.last_result or {}).get("step", 0))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
