@@ -52,6 +52,8 @@ def test_resume_refuses_a_checkpoint_of_other_hyperparameters(tiny_trial, tmp_pa
               report=lambda m, c: kept.append(shutil.copytree(c, tmp_path / "ckpt")))
     with pytest.raises(PTPlusError, match="other hyperparameters \\(learning_rate\\)"):
         run_trial(TrialConfig(**{**tiny_trial, "max_steps": 4, "learning_rate": 1.0}), resume_from=kept[0])
+    with pytest.raises(PTPlusError, match="is at step 4, max_steps is 4: nothing left to train"):
+        run_trial(TrialConfig(**{**tiny_trial, "max_steps": 4}), resume_from=kept[0])
 
 
 def _hand_scores(model, tokenizer, prompt_template, target_template, examples, labels):

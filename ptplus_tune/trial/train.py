@@ -112,6 +112,9 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
         state = read_checkpoint(resume_from, hyperparameters)
         restore(state, model=model, optimizer=optimizer, scheduler=scheduler)
         step, microbatches = state["step"], state["microbatches"]
+        if step >= config.max_steps:
+            raise PTPlusError(f"checkpoint {resume_from} is at step {step}, max_steps is {config.max_steps}: "
+                              f"nothing left to train")
         log.info("resumed from %s at step %d", resume_from, step)
 
     order = DataOrder(len(train_items), config.batch_size, config.seed)
