@@ -30,6 +30,16 @@ def test_fresh_adapter_is_exactly_the_base_model(feature_map, memory, arch):
         assert torch.count_nonzero(m) == 0
 
 
+def test_unload_removes_the_hooks_and_returns_the_untouched_base():
+    base = tiny_llama()
+    with torch.no_grad():
+        expected = base(IDS).logits
+        model = get_ptplus_model(base, PTPlusConfig(prefix_length=4))
+        randomise_adapter(model)
+        assert not torch.equal(model(IDS).logits, expected)
+        assert torch.equal(model.unload()(IDS).logits, expected)
+
+
 def test_effective_memory_shape_and_slot_rank():
     model = get_ptplus_model(tiny_llama(), PTPlusConfig(feature_map="mlp", feature_dim=5, prefix_length=3))
     randomise_adapter(model)

@@ -89,6 +89,20 @@ def test_label_scoring_matches_a_hand_computed_case(tiny_model_dir, target_templ
                                             rel=1e-5)
 
 
+def test_generation_accuracy_matches_unpadded_greedy_decoding(tiny_model_dir):
+    from ptplus_tune.trial.evaluate import generation_accuracy
+
+    model, tokenizer = load_base_model(tiny_model_dir)
+    encoder = PromptEncoder(tokenizer, 32, "Text : {text} Label :")
+    texts = ["the sea", "a big old fire on grass", "frog", "old new on in the leaf"]
+    with torch.no_grad():  # one prompt at a time, no padding: what the left-padded batch must reproduce
+        greedy = [tokenizer.decode(model(torch.tensor([encoder.prompt_ids(t, room_for=1)])).logits[0, -1].argmax())
+                  for t in texts]
+    # Gold = the unpadded greedy word for the first two, something else for the last two: accuracy is exactly 1/2.
+    examples = [Example(t, g.strip() if i < 2 else g.strip() + "x") for i, (t, g) in enumerate(zip(texts, greedy))]
+    assert generation_accuracy(model, encoder, examples, batch_size=4, device="cpu") == 0.5
+
+
 def test_training_loss_counts_target_tokens_only(tiny_model_dir):
     model, tokenizer = load_base_model(tiny_model_dir)
     encoder = PromptEncoder(tokenizer, 32, "Text : {text} Label :", " {label} .")

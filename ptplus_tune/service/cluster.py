@@ -29,7 +29,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                           f"or `ray up cluster.yaml`, or omit --address to run locally") from exc
 
 
-def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+def connect(address: str | None) -> str:
     """Initialise Ray once per process; returns a description of where trials run."""
     import ray
 
@@ -46,8 +46,7 @@ def connect(address: str | None, num_cpus: int | None = None, num_gpus: int | No
         return f"Ray cluster at {address}"
     # A new single-node instance only needs loopback: keep it off the machine's network interfaces.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False)
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     return "a new local Ray instance"
 
 

@@ -22,8 +22,8 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from ptplus_tune.adapter import build_adapter, count_trainable_parameters
-from ptplus_tune.errors import PTPlusError
 from ptplus_tune.data import PromptEncoder, Splits, collate, load_base_model, load_labelled, make_splits
+from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.checkpoint import read_checkpoint, restore, write_checkpoint
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
@@ -99,14 +99,14 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
     encoder = PromptEncoder(tokenizer, config.max_length, config.prompt_template, config.target_template)
     train_items = [encoder.encode(ex.text, ex.label) for ex in splits.train]
 
+    hyperparameters = config.hyperparameters()
     seed_everything(config.seed)
-    model = build_adapter(model, config.hyperparameters()).to(device)
+    model = build_adapter(model, hyperparameters).to(device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * config.max_steps),
                                                 config.max_steps)
-    hyperparameters = config.hyperparameters()
     step, microbatches = 0, 0
     if resume_from:
         state = read_checkpoint(resume_from, hyperparameters)
