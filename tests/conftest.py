@@ -54,9 +54,25 @@ def tiny_model_dir(tmp_path_factory):
     return str(directory)
 
 
-@pytest.fixture
-def tiny_trial(tiny_model_dir, synthetic_data):
+@pytest.fixture(scope="session")
+def tiny_trial_settings(tiny_model_dir, synthetic_data):
     """Settings for a fast trial on the tiny model and synthetic data."""
     return dict(model=tiny_model_dir, dataset=synthetic_data, prompt_template="Text : {text} Label :",
                 k_shot=None, validation_size=15, test_size=15, max_length=32, batch_size=4, max_steps=12,
                 eval_every=4, learning_rate=2e-2, warmup_ratio=0.0, num_threads=1)
+
+
+@pytest.fixture
+def tiny_trial(tiny_trial_settings):
+    return dict(tiny_trial_settings)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """One real `mlflow server --workers 1` (sqlite backend, proxied artifacts) for the session, on loopback."""
+    from tests.mlflow_server import mlflow_server
+
+    root = tmp_path_factory.mktemp("mlflow")
+    (root / "artifacts").mkdir()
+    with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts")) as url:
+        yield url

@@ -9,57 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from mlflow import MlflowClient
 
 from tests.ray_env import kill_ray_under, ray_env
-
-MAX_STEPS = 12
-
-
-def _space(tmp_path, tiny_trial, max_steps=MAX_STEPS, **study):
-    trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
-    trial.update(max_steps=max_steps, eval_every=2)
-    data = {
-        "name": "tiny", "metric": "eval_accuracy", "mode": "max", "num_samples": 6, "max_concurrent": 2, "seed": 3,
-        "scheduler": {"grace_period": 2, "reduction_factor": 2}, "resources": {"cpus": 1, "gpus": 0},
-        "trial": trial,
-        "parameters": {
-            "feature_map": {"type": "categorical", "choices": ["elu", "mlp"]},
-            "feature_dim": {"type": "int", "low": 4, "high": 16, "when": {"feature_map": "mlp"}},
-            "prefix_length": {"type": "int", "low": 2, "high": 8},
-            "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
-        },
-        **study,
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return str(path)
-
-
-def _trial_results(study_dir: Path) -> dict[str, list[dict]]:
-    """Every trial's reported results, read from Tune's result.json files."""
-    out = {}
-    for result_file in study_dir.glob("*/result.json"):
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
-        if rows:
-            out[rows[0]["trial_id"]] = rows
-    return out
-
-
-def _run_cli(args, env, **kwargs):
-    return subprocess.run([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=900, **kwargs)
-
+from tests.studies import MAX_STEPS, run_cli, space_file, study_runs, trial_results
 
 def test_quick_study_end_to_end(tmp_path, tiny_trial):
     env = ray_env()
     try:
-        proc = _run_cli(["--space", _space(tmp_path, tiny_trial), "--storage-path", str(tmp_path / "results"),
-                         "--name", "s1"], env)
+        proc = run_cli(["--space", space_file(tmp_path, tiny_trial), "--storage-path", str(tmp_path / "results"),
+                        "--name", "s1"], env, cwd=tmp_path)
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = _trial_results(tmp_path / "results" / "s1")
+    results = trial_results(tmp_path / "results" / "s1")
     assert len(results) == 6
     final = {tid: rows[-1] for tid, rows in results.items()}
     # ASHA really stops some trials before the budget; the others run it out.
@@ -83,15 +46,15 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
 
 def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial):
     env = ray_env()
-    space = _space(tmp_path, tiny_trial, num_samples=5)
+    space = space_file(tmp_path, tiny_trial, num_samples=5)
     args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", "s2"]
     study = tmp_path / "results" / "s2"
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
         deadline = time.time() + 600
         while time.time() < deadline:  # kill once some trials are done and others are mid-way
-            finals = [rows[-1] for rows in _trial_results(study).values()]
+            finals = [rows[-1] for rows in trial_results(study).values()]
             if sum(r["step"] >= 4 for r in finals) >= 2:
                 break
             time.sleep(0.5)
@@ -101,15 +64,15 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
         driver.wait()
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
-    before = _trial_results(study)
+    before = trial_results(study)
     assert 0 < len(before) <= 5
     env = ray_env()
     try:
-        proc = _run_cli(["--resume", "s2", "--storage-path", str(tmp_path / "results")], env)
+        proc = run_cli(["--resume", "s2", "--storage-path", str(tmp_path / "results")], env, cwd=tmp_path)
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    after = _trial_results(study)
+    after = trial_results(study)
     assert len(after) == 5  # exactly the requested number of trials
     for tid, rows in after.items():
         steps = [r["step"] for r in rows]
@@ -131,18 +94,19 @@ def _trial_workers(ray_root: str) -> list[int]:
     return pids
 
 
-def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial):
+def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server):
     env = ray_env()
-    space = _space(tmp_path, tiny_trial, max_steps=80, num_samples=1, max_concurrent=1,
+    space = space_file(tmp_path, tiny_trial, max_steps=80, num_samples=1, max_concurrent=1,
                    scheduler={"grace_period": 80, "reduction_factor": 2})
     study = tmp_path / "results" / "s3"
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--storage-path",
-                               str(tmp_path / "results"), "--name", "s3"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                               str(tmp_path / "results"), "--name", "s3", "--tracking-uri", tracking_server,
+                               "--no-register"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
-            rows = next(iter(_trial_results(study).values()), [])
+            rows = next(iter(trial_results(study).values()), [])
             if rows and rows[-1]["step"] >= 10 and _trial_workers(env["RAY_TMPDIR"]):
                 break
             time.sleep(0.1)
@@ -157,9 +121,16 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
     assert driver.returncode == 0, err[-3000:]
     assert "retrying it from its last checkpoint" in err
     assert "(1 completed, 0 stopped early by ASHA, 0 failed)" in out
-    steps = [r["step"] for r in next(iter(_trial_results(study).values()))]
+    (trial_id, rows), = trial_results(study).items()
+    steps = [r["step"] for r in rows]
     assert steps[-1] == 80 and steps.count(2) == 1, steps  # finished, and not restarted from step 0
     assert sorted(set(steps)) == list(range(2, 81, 2))
+    # MLflow: still exactly one run for the trial, with every evaluation once, ended as completed.
+    (run,) = study_runs(tracking_server, "s3")
+    assert run.data.tags["ptplus.trial_id"] == trial_id and run.data.tags["ptplus.status"] == "completed"
+    assert run.info.status == "FINISHED"
+    history = MlflowClient(tracking_server).get_metric_history(run.info.run_id, "eval_accuracy")
+    assert sorted(m.step for m in history) == list(range(2, 81, 2))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -168,11 +139,13 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
     (["--space", "quick", "--gpus-per-trial", "1"], "error: the space asks for 1 GPU(s) per trial but the Ray "
                                                     "cluster has 0"),
     (["--resume", "never-ran"], "error: there is no study 'never-ran' to resume"),
+    (["--space", "quick", "--tracking-uri", "http://127.0.0.1:9"], "error: the MLflow tracking server at "
+                                                                  "http://127.0.0.1:9 does not answer"),
 ])
 def test_service_errors_are_one_line(tmp_path, args, message):
     env = ray_env()
     try:
-        proc = _run_cli([*args, "--storage-path", str(tmp_path / "r")], env, cwd=tmp_path)
+        proc = run_cli([*args, "--storage-path", str(tmp_path / "r")], env, cwd=tmp_path)
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
     assert proc.returncode == 2
@@ -181,7 +154,7 @@ def test_service_errors_are_one_line(tmp_path, args, message):
 
 
 def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
-    proc = _run_cli(["--space", "default", "--num-samples", "7", "--dry-run", "--storage-path", str(tmp_path)],
+    proc = run_cli(["--space", "default", "--num-samples", "7", "--dry-run", "--storage-path", str(tmp_path)],
                     ray_env())
     assert proc.returncode == 0, proc.stderr
     assert "num_samples: 7" in proc.stdout and "ASHA may stop trials at steps [20]" in proc.stdout

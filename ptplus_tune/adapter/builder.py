@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
 
 from ptplus_tune.adapter.architectures import LLAMA_FAMILY, SUPPORTED_MODEL_TYPES, model_type
-from ptplus_tune.adapter.config import PTPlusConfig
-from ptplus_tune.adapter.model import get_ptplus_model
+from ptplus_tune.adapter.config import CONFIG_NAME, PTPlusConfig
+from ptplus_tune.adapter.model import PTPlusModel, get_ptplus_model
 from ptplus_tune.errors import PTPlusError
 
 METHODS = ("ptplus", "lora", "prefix_tuning")
@@ -56,6 +59,18 @@ def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Mo
     else:
         config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=hp["prefix_length"])
     return peft.get_peft_model(model, config)
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
+    """Wrap `model` with a saved adapter of any method (frozen, for inference): PT+ or PEFT, told by its config."""
+    config = Path(directory) / CONFIG_NAME
+    if not config.is_file():
+        raise PTPlusError(f"{directory} is not an adapter folder (no {CONFIG_NAME})")
+    if json.loads(config.read_text()).get("peft_type") == PTPlusConfig.peft_type:
+        return PTPlusModel.from_pretrained(model, directory)
+    import peft
+
+    return peft.PeftModel.from_pretrained(model, str(directory))
 
 
 def count_trainable_parameters(model: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""Command line: `ptplus-tune [--space ...]` (a study) and `ptplus-tune train` (one run). The only place that prints."""
+"""Command line: `ptplus-tune [--space ...]` (a study), `ptplus-tune train` (one run), `ptplus-tune ui` and
+`ptplus-tune predict` (MLflow). The only place that prints."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         from ptplus_tune.cli.train import build_train_parser, cmd_train
 
         args, run = build_train_parser().parse_args(argv[1:]), cmd_train
+    elif argv and argv[0] in ("ui", "predict"):
+        from ptplus_tune.cli import mlflow_cmds
+
+        parser = getattr(mlflow_cmds, f"build_{argv[0]}_parser")()
+        args, run = parser.parse_args(argv[1:]), getattr(mlflow_cmds, f"cmd_{argv[0]}")
     else:
         from ptplus_tune.cli.tune import build_tune_parser, cmd_tune
 

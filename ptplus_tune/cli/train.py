@@ -66,6 +66,7 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from ptplus_tune.trial import TrialConfig, run_trial, save_adapter
+    from ptplus_tune.trial.checkpoint import TASK_FILE
     from ptplus_tune.trial.config import read_yaml_mapping
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)
@@ -113,6 +114,7 @@ def cmd_train(args) -> int:
     save_adapter(result.model, staging / "adapter")
     (staging / "metrics.json").write_text(json.dumps({"final": result.metrics, "history": result.history}, indent=1))
     (staging / "trial_config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    (staging / TASK_FILE).write_text(json.dumps(result.task, indent=1))
     if output.exists():
         output.rmdir()  # checked empty above
     os.replace(staging, output)

@@ -16,13 +16,16 @@ TUNE_EXAMPLES = """examples:
   ptplus-tune --space compare --num-samples 48 --max-concurrent 8 --gpus-per-trial 0.25
   ptplus-tune --space my_space.yaml --address 10.0.0.5:6379 --name study1
   ptplus-tune --resume study1                         # continue a killed study where it stopped
+  ptplus-tune --space default --tracking-uri http://127.0.0.1:5000 --registered-model news-topics
+  ptplus-tune ui                                      # the MLflow UI on ./mlflow.db
+  ptplus-tune predict --model-uri models:/ptplus-bbc_news@champion --text "Shares fell sharply..."
   ptplus-tune train --help                            # one training run
 """
 def build_tune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptplus-tune", epilog=TUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search Prefix-Tuning+ hyperparameters with Ray Tune (Optuna TPE proposes, ASHA stops early). "
-                    "Subcommand: train (one run).")
+                    "Subcommands: train (one run), ui (the MLflow UI), predict (a logged adapter).")
     parser.add_argument("--space", default=None, help="shipped space name (default, quick, compare) or a YAML "
                         "file [default]")
     parser.add_argument("--num-samples", type=int, help="number of trials [from the space]")
@@ -38,6 +41,11 @@ def build_tune_parser() -> argparse.ArgumentParser:
                         help="where studies keep their state (a shared path or URI on clusters) [ptplus_results]")
     parser.add_argument("--name", help="study name [<space>-<date>-<time>]")
     parser.add_argument("--resume", metavar="NAME", help="continue the study NAME under --storage-path")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://host:5000, what a cluster "
+                        "uses) or a database [MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db]")
+    parser.add_argument("--registered-model", metavar="NAME", help="register the best adapter as a new version of "
+                        "NAME [ptplus-<dataset>]")
+    parser.add_argument("--no-register", action="store_true", help="do not register the best adapter")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and plan, start nothing")
     parser.add_argument("--top", type=int, default=5, help="trials in the final table [5]")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -97,10 +105,25 @@ def _cell(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def default_registered_model(spec) -> str:
+    from ptplus_tune.data.datasets import EMBEDDED_DATASET
+
+    dataset = str(spec.trial.get("dataset", EMBEDDED_DATASET))
+    stem = Path(dataset).stem if Path(dataset).suffix in (".json", ".jsonl", ".csv") else dataset
+    return "ptplus-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in stem)
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"ptplus-tune ui --tracking-uri {uri}   (then open http://127.0.0.1:5000/#/experiments/{experiment_id})"
+
+
 def cmd_tune(args) -> int:
     from ptplus_tune.service import check_gpus, connect, experiment_path, run_study
     from ptplus_tune.service.study import check_new, saved_spec
     from ptplus_tune.spaces import load_space
+    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
 
     if args.resume:
         name = args.resume
@@ -119,6 +142,8 @@ def cmd_tune(args) -> int:
         print(f"# {_plan(spec, name, path)}")
         return 0
 
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    check_reachable(tracking_uri)
     where = connect(args.address)
     check_gpus(spec.resources.gpus)
     progress = logging.getLogger("ptplus_tune.progress")
@@ -127,7 +152,12 @@ def cmd_tune(args) -> int:
     progress.propagate = False
     print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path)}; on {where}", file=sys.stderr)
     started = time.time()
-    result = run_study(spec, name, args.storage_path, resume=bool(args.resume))
+    target = open_study(tracking_uri, spec, name, resume=bool(args.resume))
+    result = run_study(spec, name, args.storage_path, resume=bool(args.resume), tracking=target)
+    registered_model = None if args.no_register else args.registered_model or default_registered_model(spec)
+    print(f"logging the study to MLflow ({tracking_uri}) ...", file=sys.stderr)
+    tracked = finish_study(target, result, spec, optuna_storage=f"sqlite:///{path / 'optuna.db'}",
+                           registered_model=registered_model)
 
     counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
     print(f"\nstudy {name} done in {time.time() - started:.0f} s: {len(result.trials)} trials "
@@ -146,4 +176,12 @@ def cmd_tune(args) -> int:
     if best.checkpoint:
         print(f"best adapter: {Path(best.checkpoint) / 'adapter'}")
     print(f"optuna study: optuna-dashboard sqlite:///{path / 'optuna.db'}")
+    print(f"mlflow: experiment {tracked.experiment_id}, study run {tracked.parent_run_id}, best trial run "
+          f"{tracked.best_run_id}")
+    reg = tracked.registration
+    if reg is not None:
+        held = f", replacing version {reg.previous_champion}" if reg.alias == "champion" and reg.previous_champion \
+            else (f"; champion stays version {reg.previous_champion}" if reg.previous_champion else "")
+        print(f"registered: models:/{reg.name}/{reg.version} as @{reg.alias}{held}")
+    print(f"mlflow ui: {ui_hint(tracking_uri, tracked.experiment_id)}")
     return 0

@@ -10,6 +10,8 @@ import logging
 
 from ray.tune import Callback
 
+from ptplus_tune.service.study import status_of
+
 log = logging.getLogger("ptplus_tune.progress")
 
 
@@ -48,8 +50,9 @@ class StudyProgress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
         step = (trial.last_result or {}).get("step", 0)
-        (self.finished if step >= self.max_steps else self.stopped_early).add(trial.trial_id)
-        how = "finished" if step >= self.max_steps else f"stopped early at step {step}"
+        completed = status_of(step, self.max_steps) == "completed"
+        (self.finished if completed else self.stopped_early).add(trial.trial_id)
+        how = "finished" if completed else f"stopped early at step {step}"
         log.info("trial %s %s: %s=%s | %s", trial.trial_id, how, self.metric,
                  _fmt((trial.last_result or {}).get(self.metric)), self.status())
 

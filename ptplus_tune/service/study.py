@@ -23,6 +23,7 @@ class TrialSummary:
     metrics: dict[str, Any]  # the trial's last report
     status: str  # completed | early_stopped | failed
     checkpoint: str | None = None  # its last checkpoint folder (holds `adapter/`)
+    checkpoint_ref: Any = field(default=None, repr=False, compare=False)  # the ray.tune.Checkpoint itself
 
 
 @dataclass
@@ -40,6 +41,11 @@ class StudyResult:
             return None
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda t: t.metrics[self.metric])
+
+
+def status_of(step: int, max_steps: int) -> str:
+    """How a trial that ended without error ended: it ran its budget out, or ASHA stopped it."""
+    return "completed" if step >= max_steps else "early_stopped"
 
 
 def experiment_path(storage_path: str, name: str) -> Path:
@@ -93,8 +99,10 @@ def build_scheduler(spec: StudySpec):
 
 
 def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
-              trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2) -> StudyResult:
-    """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised."""
+              trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2,
+              tracking=None) -> StudyResult:
+    """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised.
+    `tracking`: a `ptplus_tune.tracking.Target`; each trial then writes its own MLflow run."""
     from ray import tune
 
     from ptplus_tune.service.progress import StudyProgress
@@ -103,7 +111,11 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     _quiet_tune()
     path = experiment_path(storage_path, name)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    runnable = tune.with_resources(trainable or make_trainable(spec), resources)
+    runnable = tune.with_resources(trainable or make_trainable(spec, tracking), resources)
+    if tracking is not None:
+        from ptplus_tune.tracking.callback import TrackTrialStatus
+
+        callbacks = [*callbacks, TrackTrialStatus(tracking, spec.max_steps)]
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise PTPlusError(f"there is no study {name!r} to resume under {path.parent}")
@@ -145,15 +157,13 @@ def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:
     result = StudyResult(name, str(path), spec.metric, spec.mode)
     for r in grid:
         metrics = dict(r.metrics or {})
-        if r.error is not None:
-            status = "failed"
-        else:
-            status = "completed" if metrics.get("step", 0) >= spec.max_steps else "early_stopped"
+        status = "failed" if r.error is not None else status_of(metrics.get("step", 0), spec.max_steps)
         result.trials.append(TrialSummary(
             trial_id=metrics.get("trial_id") or os.path.basename(r.path),
             config={k: v for k, v in (r.config or {}).items()},
             metrics={k: v for k, v in metrics.items() if k != "config"},
             status=status,
             checkpoint=r.checkpoint.path if r.checkpoint else None,
+            checkpoint_ref=r.checkpoint,
         ))
     return result

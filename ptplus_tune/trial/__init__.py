@@ -2,6 +2,8 @@
 
 from ptplus_tune.trial.config import HYPERPARAMETERS, TrialConfig
 from ptplus_tune.trial.evaluate import evaluate, score_labels
+from ptplus_tune.trial.predict import Predictor
 from ptplus_tune.trial.train import TrialResult, run_trial, save_adapter
 
-__all__ = ["HYPERPARAMETERS", "TrialConfig", "TrialResult", "evaluate", "run_trial", "save_adapter", "score_labels"]
+__all__ = ["HYPERPARAMETERS", "Predictor", "TrialConfig", "TrialResult", "evaluate", "run_trial", "save_adapter",
+           "score_labels"]

@@ -18,6 +18,7 @@ from ptplus_tune.errors import PTPlusError
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "trial_config.json"
 ADAPTER_DIR = "adapter"
+TASK_FILE = "task.json"  # what using the adapter needs besides its weights: base model, labels, prompt (see Predictor)
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,7 +41,8 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(parent: str | os.PathLike, *, model, optimizer, scheduler, step: int, microbatches: int,
-                     hyperparameters: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+                     hyperparameters: dict[str, Any], task: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> Path:
     """A new checkpoint folder under `parent`; complete or absent, never half-written."""
     Path(parent).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=parent))
@@ -51,6 +53,8 @@ def write_checkpoint(parent: str | os.PathLike, *, model, optimizer, scheduler, 
     }, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(hyperparameters, sort_keys=True, indent=1))
     model.save_pretrained(tmp / ADAPTER_DIR)  # the adapter as users load it, so any checkpoint can be shipped
+    if task is not None:
+        (tmp / TASK_FILE).write_text(json.dumps(task, indent=1))
     final = Path(parent) / f"checkpoint_{step:06d}"
     if final.exists():
         shutil.rmtree(final)

@@ -27,6 +27,7 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.checkpoint import read_checkpoint, restore, write_checkpoint
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
+from ptplus_tune.trial.predict import task_description
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict, "str | None"], None]
@@ -37,6 +38,7 @@ class TrialResult:
     metrics: dict[str, float]  # the last report
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = None  # the trained adapter-wrapped model
+    task: dict = field(default_factory=dict)  # base model, labels and prompt: see trial.predict
 
 
 def pick_device(requested: str) -> tuple[torch.device, torch.dtype]:
@@ -100,6 +102,7 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
     train_items = [encoder.encode(ex.text, ex.label) for ex in splits.train]
 
     hyperparameters = config.hyperparameters()
+    task = task_description(config, splits.labels)
     seed_everything(config.seed)
     model = build_adapter(model, hyperparameters).to(device)
     model.train()
@@ -151,14 +154,14 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
                 metrics.update(_final_metrics(config, model, encoder, splits, device))
             history.append(metrics)
             checkpoint = write_checkpoint(scratch, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                          microbatches=microbatches, hyperparameters=hyperparameters)
+                                          microbatches=microbatches, hyperparameters=hyperparameters, task=task)
             if report:
                 report(dict(metrics), str(checkpoint))
             shutil.rmtree(checkpoint, ignore_errors=True)
             loss_sum, loss_count, tokens, clock = 0.0, 0, 0, time.perf_counter()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return TrialResult(history[-1] if history else {}, history, model)
+    return TrialResult(history[-1] if history else {}, history, model, task)
 
 
 def _final_metrics(config, model, encoder, splits, device) -> dict[str, float]:

@@ -1,0 +1,38 @@
+"""A Ray Tune callback on the driver: records each trial's status in MLflow as soon as Ray decides it (ASHA stops a
+trial without the trial noticing, so the trial cannot record that itself)."""
+
+from __future__ import annotations
+
+import logging
+
+from ray.tune import Callback
+
+from ptplus_tune.tracking.target import Target, client
+
+log = logging.getLogger(__name__)
+
+
+class TrackTrialStatus(Callback):
+    def __init__(self, target: Target, max_steps: int):
+        self.target, self.max_steps = target, max_steps
+        self._client = None
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; a client is rebuilt after restore
+        return {**self.__dict__, "_client": None}
+
+    def _mark(self, trial, status: str) -> None:
+        from ptplus_tune.tracking.study_run import mark_trial
+
+        try:
+            self._client = self._client or client(self.target.uri)
+            mark_trial(self._client, self.target, trial.trial_id, status, trial.config)
+        except Exception as exc:  # tracking trouble must not stop the study; finish_study marks it again
+            log.warning("could not record trial %s as %s in MLflow: %s", trial.trial_id, status, exc)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from ptplus_tune.service.study import status_of
+
+        self._mark(trial, status_of((trial.last_result or {}).get("step", 0), self.max_steps))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._mark(trial, "failed")

@@ -1,0 +1,65 @@
+"""The Model Registry: the best adapter of a study becomes a new version; `champion` moves only when it wins.
+
+A version is comparable with the champion when both were judged on the same metric and the same evaluation data
+(base model, dataset, split and prompt: `ptplus.eval_sha256`). A version that does not beat a comparable champion,
+or cannot be compared with it, gets the alias `challenger`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ptplus_tune.errors import PTPlusError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+METRIC, METRIC_VALUE, METRIC_MODE, EVAL_SHA256 = "ptplus.metric", "ptplus.metric_value", "ptplus.mode", \
+    "ptplus.eval_sha256"
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str  # champion | challenger
+    previous_champion: str | None  # the version that held `champion` before, if any
+
+
+def _beats(value: float, other: float, mode: str) -> bool:
+    return value > other if mode == "max" else value < other
+
+
+def current_champion(mlflow_client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no such model or no champion yet
+        return None
+
+
+def register(mlflow_client, name: str, model_uri: str, *, metric: str, mode: str, value: float, eval_sha256: str,
+             lineage: dict[str, str]) -> Registration:
+    """Register `model_uri` as a new version of `name` with its lineage tags, then set `champion` or `challenger`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tags = {**lineage, METRIC: metric, METRIC_MODE: mode, METRIC_VALUE: repr(float(value)), EVAL_SHA256: eval_sha256}
+    champion = current_champion(mlflow_client, name)
+    try:
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    except MlflowException as exc:
+        raise PTPlusError(f"could not register {model_uri} as {name!r}: {exc.message.splitlines()[0]}") from exc
+    comparable = (champion is not None and champion.tags.get(METRIC) == metric
+                  and champion.tags.get(EVAL_SHA256) == eval_sha256 and METRIC_VALUE in champion.tags)
+    if champion is None or (comparable and _beats(value, float(champion.tags[METRIC_VALUE]), mode)):
+        alias = CHAMPION
+    else:
+        alias = CHALLENGER
+        if not comparable:
+            log.warning("version %s of %s is not comparable with champion version %s (other metric or evaluation "
+                        "data); it becomes the challenger", version.version, name, champion.version)
+    mlflow_client.set_registered_model_alias(name, alias, version.version)
+    return Registration(name, str(version.version), alias, champion.version if champion else None)

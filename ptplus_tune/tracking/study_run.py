@@ -1,0 +1,166 @@
+"""The driver's side of tracking: one experiment and one parent run per study; trial status from what Ray says
+happened; at the end the best trial, the trials table, plots and the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ptplus_tune.data import EMBEDDED_DATASET
+from ptplus_tune.data.identity import dataset_identity, model_identity
+from ptplus_tune.errors import PTPlusError
+from ptplus_tune.tracking.target import (MODEL_URI, SPACE_SHA256, STATUS, STUDY, TRIAL_ID, Target, check_reachable,
+                                         child_runs, client, trial_run)
+
+log = logging.getLogger(__name__)
+LIBRARIES = ("ptplus-tune", "torch", "transformers", "peft", "ray", "optuna", "mlflow", "datasets")
+RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED"}
+EVALUATION_KEYS = ("dataset", "text_column", "label_column", "validation_size", "test_size", "data_seed",
+                   "prompt_template", "target_template", "max_length")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[f"ptplus.version.{name}"] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _study_params(spec) -> dict[str, Any]:
+    params = {"metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
+              "max_concurrent": spec.max_concurrent, "seed": spec.seed, "max_steps": spec.max_steps,
+              "asha.grace_period": spec.scheduler.grace_period,
+              "asha.reduction_factor": spec.scheduler.reduction_factor, "resources.cpus": spec.resources.cpus,
+              "resources.gpus": spec.resources.gpus, "searched": ",".join(p.name for p in spec.parameters if p.type != "fixed")}
+    params.update({f"trial.{k}": v for k, v in sorted(spec.trial.items())})
+    params["base_model"] = model_identity(spec.trial.get("model"))
+    params["dataset"] = dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET))
+    return params
+
+
+def _log_params(mlflow_client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        mlflow_client.log_batch(run_id, params=items[start:start + 100])
+
+
+def open_study(uri: str, spec, name: str, resume: bool) -> Target:
+    """The study's experiment and parent run: new ones, or with `resume` the existing ones (reopened)."""
+    import mlflow
+
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise PTPlusError(f"the MLflow experiment {name!r} at {uri} was deleted; restore it or choose another --name")
+    parent = None
+    if experiment is not None:
+        found = mlflow_client.search_runs([experiment.experiment_id], f"tags.`{STUDY}` = '{name}'", max_results=1)
+        parent = found[0] if found else None
+        if parent is not None and not resume:
+            raise PTPlusError(f"MLflow at {uri} already has a study {name!r}; choose another --name")
+    experiment_id = experiment.experiment_id if experiment else mlflow_client.create_experiment(
+        name, tags={STUDY: name})
+    if parent is None:
+        parent = mlflow_client.create_run(experiment_id, run_name=name,
+                                          tags={STUDY: name, SPACE_SHA256: spec.sha256, **_versions(),
+                                                "mlflow.note.content": spec.description or ""})
+        _log_params(mlflow_client, parent.info.run_id, _study_params(spec))
+        mlflow_client.log_text(parent.info.run_id, spec.to_yaml(), "study_space.yaml")
+    else:
+        mlflow_client.update_run(parent.info.run_id, status="RUNNING")
+    log.info("tracking study %s in MLflow experiment %s, run %s", name, experiment_id, parent.info.run_id)
+    return Target(uri, experiment_id, parent.info.run_id, name)
+
+
+def mark_trial(mlflow_client, target: Target, trial_id: str, status: str, config: dict[str, Any]) -> Any:
+    """Record what Ray says happened to a trial: the status tag, and its run ended (created if it never started)."""
+    run = trial_run(mlflow_client, target, trial_id, config)
+    mlflow_client.set_tag(run.info.run_id, STATUS, status)
+    if run.info.status == "RUNNING":
+        mlflow_client.set_terminated(run.info.run_id, RUN_STATUS[status])
+    return run
+
+
+def evaluation_sha256(trial_settings: dict[str, Any], metric: str) -> str:
+    """What a metric value depends on besides the adapter: base model, data, split and prompt."""
+    from ptplus_tune.trial import TrialConfig
+
+    config = TrialConfig.from_dict(trial_settings).to_dict()
+    identity = {key: config[key] for key in EVALUATION_KEYS}
+    identity.update(metric=metric, model=model_identity(config["model"]), dataset=dataset_identity(config["dataset"]))
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class TrackingReport:
+    experiment_id: str
+    parent_run_id: str
+    best_run_id: str | None = None
+    registration: Any = None  # registry.Registration, when the best adapter was registered
+
+
+def finish_study(target: Target, result, spec, optuna_storage: str | None = None,
+                 registered_model: str | None = None) -> TrackingReport:
+    """After the study: every trial's run ended with its status and adapter; the parent gets the best trial, the
+    trials table and plots; the best adapter is registered under `registered_model` (None: not registered)."""
+    from ptplus_tune.tracking.pyfunc import log_adapter
+    from ptplus_tune.tracking.registry import register
+    from ptplus_tune.tracking.report import log_plots, log_trials_table
+
+    mlflow_client = client(target.uri)
+    runs = {}
+    for trial in result.trials:
+        run = mark_trial(mlflow_client, target, trial.trial_id, trial.status, trial.config)
+        if MODEL_URI not in run.data.tags and trial.checkpoint_ref is not None:
+            # A trial ASHA stopped (or that failed) cannot log its adapter itself; its last checkpoint holds it.
+            with trial.checkpoint_ref.as_directory() as folder:
+                log_adapter(mlflow_client, run.info.run_id, folder, int(trial.metrics.get("step", 0)))
+        runs[trial.trial_id] = mlflow_client.get_run(run.info.run_id)
+    for run in child_runs(mlflow_client, target):  # a run whose trial Tune no longer knows: not left RUNNING
+        if run.info.status == "RUNNING":
+            mlflow_client.set_terminated(run.info.run_id, "KILLED")
+
+    report = TrackingReport(target.experiment_id, target.parent_run_id)
+    parent = target.parent_run_id
+    log_trials_table(mlflow_client, parent, result, runs)
+    if optuna_storage:
+        log_plots(mlflow_client, parent, optuna_storage, target.study)
+    best = result.best
+    if best is not None:
+        best_run = runs[best.trial_id]
+        report.best_run_id = best_run.info.run_id
+        from mlflow.entities import Metric
+
+        numeric = {k: v for k, v in best.metrics.items() if k in best_run.data.metrics}
+        mlflow_client.log_batch(parent, metrics=[Metric(k, float(v), 0, int(best.metrics.get("step", 0)))
+                                                 for k, v in sorted(numeric.items())])
+        for key, value in sorted(best.config.items()):
+            mlflow_client.set_tag(parent, f"best.{key}", str(value))
+        mlflow_client.set_tag(parent, "ptplus.best_run_id", best_run.info.run_id)
+        mlflow_client.log_dict(parent, {"trial_id": best.trial_id, "run_id": best_run.info.run_id,
+                                        "config": best.config, "metrics": best.metrics}, "best_trial.json")
+        model_uri = best_run.data.tags.get(MODEL_URI)
+        if registered_model and model_uri:
+            value = float(best.metrics[result.metric])
+            report.registration = register(
+                mlflow_client, registered_model, model_uri, metric=result.metric, mode=result.mode, value=value,
+                eval_sha256=evaluation_sha256({**spec.trial, **best.config}, result.metric),
+                lineage={STUDY: target.study, "ptplus.study_run_id": parent, "ptplus.trial_run_id":
+                         best_run.info.run_id, TRIAL_ID: best.trial_id, SPACE_SHA256: spec.sha256,
+                         "ptplus.base_model": model_identity(spec.trial.get("model")),
+                         "ptplus.dataset": dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET))})
+    mlflow_client.set_terminated(parent, "FINISHED")
+    return report
+

@@ -1,0 +1,52 @@
+"""The trial's side of tracking: it opens (or reopens) its own child run and writes its params, metrics and adapter.
+
+Runs in the trial's worker process, wherever Ray placed it; everything goes through the tracking URI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ptplus_tune.tracking.target import MODEL_URI, Target, client, trial_run
+
+log = logging.getLogger(__name__)
+
+
+class TrialRun:
+    def __init__(self, target: Target, trial_id: str, params: dict[str, Any]):
+        import mlflow
+
+        # Process-wide settings for mlflow's model logging (this process is the trial's worker).
+        mlflow.set_tracking_uri(target.uri)
+        mlflow.set_experiment(experiment_id=target.experiment_id)
+        self.target, self.trial_id = target, trial_id
+        self.client = client(target.uri)
+        run = trial_run(self.client, target, trial_id, params)
+        self.run_id = run.info.run_id
+        # A retried trial restarts from its last checkpoint, whose report may already be logged: never log a step twice.
+        self.logged_step = run.data.metrics.get("step", 0)
+        self.has_model = MODEL_URI in run.data.tags
+        if run.info.status != "RUNNING":
+            self.client.update_run(self.run_id, status="RUNNING")
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        step = int(metrics["step"])
+        if step <= self.logged_step:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, step) for key, value in sorted(metrics.items())
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        self.client.log_batch(self.run_id, metrics=batch)
+        self.logged_step = step
+
+    def log_adapter(self, checkpoint_dir: str, step: int) -> None:
+        if self.has_model:  # logged by an earlier attempt of this trial that died right after
+            return
+        from ptplus_tune.tracking.pyfunc import log_adapter
+
+        log_adapter(self.client, self.run_id, checkpoint_dir, step)
+        self.has_model = True

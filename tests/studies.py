@@ -1,0 +1,58 @@
+"""Helpers for tests that run studies through the CLI: a tiny space file, Tune's per-trial results, the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+MAX_STEPS = 12
+
+
+def space_file(tmp_path, tiny_trial, max_steps=MAX_STEPS, **study):
+    trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
+    trial.update(max_steps=max_steps, eval_every=2)
+    data = {
+        "name": "tiny", "metric": "eval_accuracy", "mode": "max", "num_samples": 6, "max_concurrent": 2, "seed": 3,
+        "scheduler": {"grace_period": 2, "reduction_factor": 2}, "resources": {"cpus": 1, "gpus": 0},
+        "trial": trial,
+        "parameters": {
+            "feature_map": {"type": "categorical", "choices": ["elu", "mlp"]},
+            "feature_dim": {"type": "int", "low": 4, "high": 16, "when": {"feature_map": "mlp"}},
+            "prefix_length": {"type": "int", "low": 2, "high": 8},
+            "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        },
+        **study,
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def trial_results(study_dir: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, read from Tune's result.json files."""
+    out = {}
+    for result_file in study_dir.glob("*/result.json"):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def run_cli(args, env, **kwargs):
+    return subprocess.run([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=900, **kwargs)
+
+
+def study_runs(tracking_uri: str, study: str) -> list:
+    """The trial runs (children of the study's parent run) of MLflow experiment `study`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1, "a run outside the study's parent"
+    return children
