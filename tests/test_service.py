@@ -44,10 +44,11 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     assert (tmp_path / "results" / "s1" / "optuna.db").is_file()
 
 
-def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial):
+def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial, tracking_server):
     env = ray_env()
     space = space_file(tmp_path, tiny_trial, num_samples=5)
-    args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", "s2"]
+    args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", "s2", "--tracking-uri",
+            tracking_server, "--no-register"]
     study = tmp_path / "results" / "s2"
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
@@ -79,6 +80,15 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
         assert len(steps) == len(set(steps)), f"trial {tid} ran steps twice: {steps}"
     configs = [json.dumps(rows[0]["config"], sort_keys=True) for rows in after.values()]
     assert len(set(configs)) == 5
+    # MLflow (the resumed study found its tracking server by itself): the same runs kept, one per trial, no
+    # evaluation logged twice or lost, none left RUNNING.
+    runs = {r.data.tags["ptplus.trial_id"]: r for r in study_runs(tracking_server, "s2")}
+    assert sorted(runs) == sorted(after)
+    client = MlflowClient(tracking_server)
+    for tid, rows in after.items():
+        assert runs[tid].info.status == "FINISHED" and "ptplus.status" in runs[tid].data.tags
+        history = client.get_metric_history(runs[tid].info.run_id, "eval_accuracy")
+        assert sorted(m.step for m in history) == [r["step"] for r in rows]
 
 
 def _trial_workers(ray_root: str) -> list[int]:

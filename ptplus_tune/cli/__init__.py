@@ -18,6 +18,9 @@ def _quiet_libraries(verbose: bool) -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
+    if not verbose:  # e.g. MLflow's "Creating initial MLflow database tables" on a new sqlite file
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,7 @@ def ui_hint(uri: str, experiment_id: str) -> str:
 
 def cmd_tune(args) -> int:
     from ptplus_tune.service import check_gpus, connect, experiment_path, run_study
-    from ptplus_tune.service.study import check_new, saved_spec
+    from ptplus_tune.service.study import check_new, saved_spec, saved_tracking_uri
     from ptplus_tune.spaces import load_space
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
 
@@ -142,7 +142,8 @@ def cmd_tune(args) -> int:
         print(f"# {_plan(spec, name, path)}")
         return 0
 
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    resumed_uri = saved_tracking_uri(args.storage_path, name) if args.resume else None
+    tracking_uri = args.tracking_uri or resumed_uri or default_tracking_uri()
     check_reachable(tracking_uri)
     where = connect(args.address)
     check_gpus(spec.resources.gpus)

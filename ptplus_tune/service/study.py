@@ -14,6 +14,7 @@ from ptplus_tune.spaces import StudySpec, define_by_run
 log = logging.getLogger(__name__)
 OPTUNA_DB = "optuna.db"
 SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
+TRACKING_FILE = "tracking_uri"  # where its runs are, so that --resume writes to them again
 
 
 @dataclass
@@ -67,6 +68,11 @@ def saved_spec(storage_path: str, name: str) -> StudySpec:
     if not (path / SPEC_FILE).is_file():
         raise PTPlusError(f"there is no study {name!r} to resume under {path.parent} (see --storage-path)")
     return load_space(str(path / SPEC_FILE))
+
+
+def saved_tracking_uri(storage_path: str, name: str) -> str | None:
+    path = experiment_path(storage_path, name) / TRACKING_FILE
+    return path.read_text().strip() if path.is_file() else None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -124,6 +130,8 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     else:
         check_new(storage_path, name)
         _write_atomic(path / SPEC_FILE, spec.to_yaml())
+        if tracking is not None:
+            _write_atomic(path / TRACKING_FILE, tracking.uri)
         tuner = tune.Tuner(
             runnable,
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=build_searcher(spec, name, path),

@@ -40,16 +40,31 @@ def current_champion(mlflow_client, name: str):
         return None
 
 
-def register(mlflow_client, name: str, model_uri: str, *, metric: str, mode: str, value: float, eval_sha256: str,
-             lineage: dict[str, str]) -> Registration:
-    """Register `model_uri` as a new version of `name` with its lineage tags, then set `champion` or `challenger`."""
-    import mlflow
+def _ensure_registered_model(mlflow_client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        try:
+            mlflow_client.create_registered_model(name, description="Prefix-Tuning+ adapters found by ptplus-tune")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another study created it meanwhile: fine
+                raise
+
+
+def register(mlflow_client, name: str, model_uri: str, run_id: str, *, metric: str, mode: str, value: float,
+             eval_sha256: str, lineage: dict[str, str]) -> Registration:
+    """Register the logged model `model_uri` (`models:/<model id>`, logged by `run_id`) as a new version of `name`
+    with its lineage tags, then give it the alias `champion` or `challenger`."""
     from mlflow.exceptions import MlflowException
 
     tags = {**lineage, METRIC: metric, METRIC_MODE: mode, METRIC_VALUE: repr(float(value)), EVAL_SHA256: eval_sha256}
     champion = current_champion(mlflow_client, name)
     try:
-        version = mlflow.register_model(model_uri, name, tags=tags)
+        _ensure_registered_model(mlflow_client, name)
+        version = mlflow_client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
+                                                     model_id=model_uri.removeprefix("models:/"))
     except MlflowException as exc:
         raise PTPlusError(f"could not register {model_uri} as {name!r}: {exc.message.splitlines()[0]}") from exc
     comparable = (champion is not None and champion.tags.get(METRIC) == metric
