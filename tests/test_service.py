@@ -42,6 +42,9 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     assert sorted(os.listdir(adapter)) == ["adapter_config.json", "adapter_model.safetensors"]
     assert "started" in proc.stderr and "finished" in proc.stderr  # progress lines while it runs
     assert (tmp_path / "results" / "s1" / "optuna.db").is_file()
+    # Without --tracking-uri the runs go to a sqlite database in the working directory, and it says how to look.
+    assert (tmp_path / "mlflow.db").is_file()
+    assert f"mlflow ui: ptplus-tune ui --tracking-uri sqlite:///{tmp_path / 'mlflow.db'}" in proc.stdout
 
 
 def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial, tracking_server):

@@ -2,8 +2,11 @@
 as pyfunc models, the study report, the registry (champion / challenger), predict, the UI."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -139,3 +142,78 @@ def test_a_worse_study_does_not_move_the_champion(first_study, tmp_path, tiny_tr
 def test_the_ui_answers(tracking_server):
     with urllib.request.urlopen(f"{tracking_server}/", timeout=30) as response:
         assert response.status == 200 and b"<html" in response.read(2000).lower()
+
+
+@pytest.mark.parametrize("method", ["ptplus", "lora", "prefix_tuning"])
+def test_a_logged_adapter_predicts_as_its_trial_evaluated(tmp_path, tiny_trial, method):
+    """Without Ray: a trial's last checkpoint logged as a pyfunc model (sqlite store) and loaded back scores the
+    validation set exactly as the trial's own evaluation did, for PT+ and both PEFT baselines."""
+    import shutil
+
+    import mlflow
+
+    from ptplus_tune.tracking.pyfunc import log_adapter
+    from ptplus_tune.trial import TrialConfig, run_trial
+
+    kept = tmp_path / "checkpoint"
+
+    def keep(metrics, checkpoint_dir):
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, kept)
+
+    config = {**tiny_trial, "method": method, "max_steps": 8, "learning_rate": 2e-2 if method == "ptplus" else 5e-2}
+    result = run_trial(TrialConfig.from_dict(config), report=keep)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run = client.create_run(client.create_experiment("predict"))
+    model_uri = log_adapter(client, run.info.run_id, str(kept), 8)
+    assert client.get_run(run.info.run_id).data.tags["ptplus.model_uri"] == model_uri
+    model = mlflow.pyfunc.load_model(model_uri)
+    accuracy = _validation_accuracy(model, tiny_trial, {"method": method})
+    assert accuracy == pytest.approx(result.metrics["eval_accuracy"])
+    local = mlflow.artifacts.download_artifacts(model_uri)
+    # The raw adapter files are inside the model, and no pickled Python object is.
+    assert "adapter_config.json" in os.listdir(os.path.join(local, "artifacts", "adapter"))
+    assert not any(name.endswith(".pkl") for _, _, files in os.walk(local) for name in files)
+
+
+def test_ui_command_serves_a_tracking_database(tmp_path):
+    import mlflow
+
+    from tests.mlflow_server import free_port
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("exists")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", "ui", "--tracking-uri", uri, "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        else:
+            pytest.fail("ptplus-tune ui never answered")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--model-uri", "models:/no-such-model@champion", "--text", "x"], "error: could not load "
+                                                                                   "models:/no-such-model@champion"),
+    (["ui", "--tracking-uri", "sqlite:////nonexistent/mlflow.db"], "error: no tracking database at "),
+])
+def test_tracking_commands_fail_in_one_line(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "ptplus_tune.cli", *args, "--tracking-uri",
+                           f"sqlite:///{tmp_path / 'm.db'}"] if args[0] == "predict" else
+                          [sys.executable, "-m", "ptplus_tune.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -4,6 +4,7 @@ base model with the adapter and scores every label (and, with the `max_new_token
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -56,10 +57,13 @@ def _requirements() -> list[str]:
 def log_adapter(mlflow_client, run_id: str, checkpoint_dir: str, step: int) -> str:
     """Log the adapter in a trial checkpoint folder to `run_id` as a pyfunc model; tag the run with its URI."""
     folder = Path(checkpoint_dir)
-    info = Model.log(
-        artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step, python_model=AdapterModel(),
-        artifacts={ADAPTER_DIR: str(folder / ADAPTER_DIR), "task": str(folder / TASK_FILE)},
-        signature=SIGNATURE, pip_requirements=_requirements(),
-    )
+    with warnings.catch_warnings():  # an input example would make MLflow load the base model just to try it
+        warnings.filterwarnings("ignore", message=".*An input example was not provided")
+        info = Model.log(
+            artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, step=step,
+            python_model=str(Path(__file__).with_name("adapter_model.py")),
+            artifacts={ADAPTER_DIR: str(folder / ADAPTER_DIR), "task": str(folder / TASK_FILE)},
+            signature=SIGNATURE, pip_requirements=_requirements(),
+        )
     mlflow_client.set_tag(run_id, MODEL_URI, info.model_uri)
     return info.model_uri
