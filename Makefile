@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The CPU wheel, for development and CI only: an unpinned torch resolves to a multi-GB CUDA build here.
 TORCH_DEV ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench cluster-e2e clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: install
 bench: install
 	$(PY) bench/adapter_overhead.py
 	$(PY) bench/service_overhead.py
+
+# A real `ray up` of cluster-onprem.yaml on loopback (sshd, ray up, a study via ray exec, ray down); needs root.
+cluster-e2e: install
+	scripts/cluster_e2e.sh quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -163,7 +164,8 @@ def test_cli_train_writes_an_adapter_that_reproduces_its_metrics(tiny_trial, tmp
     proc = _cli("train", *_flags(tiny_trial), "--output", str(tmp_path / "run"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "eval_accuracy" in proc.stdout and "adapter:" in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter", "metrics.json", "trial_config.json"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter", "metrics.json", "task.json",
+                                                                     "trial_config.json"]
     assert not (tmp_path / "run.partial").exists()
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
     config = TrialConfig(**tiny_trial)
@@ -176,6 +178,14 @@ def test_cli_train_writes_an_adapter_that_reproduces_its_metrics(tiny_trial, tmp
                      splits.labels, 16, "cpu")
     assert again["accuracy"] == pytest.approx(final["eval_accuracy"])
     assert again["loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
+    # task.json is all a later process needs besides the adapter: the Predictor scores exactly like evaluation.
+    from ptplus_tune.trial import Predictor
+
+    predictor = Predictor.from_files(tmp_path / "run" / "adapter", tmp_path / "run" / "task.json")
+    assert predictor.labels == splits.labels and predictor.task["model"] == str(Path(tiny_trial["model"]).resolve())
+    predicted = [row["label"] for row in predictor.predict([ex.text for ex in splits.validation])]
+    assert sum(p == ex.label for p, ex in zip(predicted, splits.validation)) / len(predicted) == \
+        pytest.approx(final["eval_accuracy"])
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", help="dataset for every trial [from the space]")
     parser.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, a running `ray start`/`ray up` "
                         "cluster, else a new local instance]")
-    parser.add_argument("--storage-path", default="ptplus_results",
-                        help="where studies keep their state (a shared path or URI on clusters) [ptplus_results]")
+    parser.add_argument("--storage-path", default=os.environ.get("PTPLUS_STORAGE_PATH", "ptplus_results"),
+                        help="where studies keep their state; on a multi-node cluster a folder every node shares "
+                             "(NFS) [PTPLUS_STORAGE_PATH, else ./ptplus_results]")
     parser.add_argument("--name", help="study name [<space>-<date>-<time>]")
     parser.add_argument("--resume", metavar="NAME", help="continue the study NAME under --storage-path")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://host:5000, what a cluster "

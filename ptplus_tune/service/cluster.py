@@ -11,6 +11,7 @@ from pathlib import Path
 from ptplus_tune.errors import PTPlusError
 
 log = logging.getLogger(__name__)
+GPU_AUTOSCALING = "PTPLUS_GPU_AUTOSCALING"  # "1" on a cluster whose autoscaler adds GPU workers on demand (cluster.yaml)
 
 
 def _running_local_cluster() -> bool:
@@ -56,6 +57,8 @@ def check_gpus(gpus_per_trial: float) -> None:
     if gpus_per_trial <= 0:
         return
     total = ray.cluster_resources().get("GPU", 0)
-    if total < gpus_per_trial:
+    if total < gpus_per_trial and os.environ.get(GPU_AUTOSCALING) == "1":
+        log.warning("no GPU node yet (%g GPUs); trials wait until the autoscaler starts GPU workers", total)
+    elif total < gpus_per_trial:
         raise PTPlusError(f"the space asks for {gpus_per_trial:g} GPU(s) per trial but the Ray cluster has {total:g}; "
                           f"use --gpus-per-trial 0 for CPU trials or connect to a cluster with GPUs (--address)")

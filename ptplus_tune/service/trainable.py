@@ -16,11 +16,13 @@ def make_trainable(spec: StudySpec, tracking=None):
     threads = max(1, math.floor(spec.resources.cpus))
 
     def ptplus_trial(config: dict[str, Any]) -> None:
+        import ray
         from ray import tune
 
         from ptplus_tune.trial import TrialConfig, run_trial
 
         trial_config = TrialConfig.from_dict({**fixed, **config, "num_threads": threads})
+        node_id = ray.get_runtime_context().get_node_id()  # Tune's node_ip cannot tell nodes on one host apart
         run = None
         if tracking is not None:
             from ptplus_tune.tracking.trial_run import TrialRun
@@ -33,7 +35,7 @@ def make_trainable(spec: StudySpec, tracking=None):
                 if checkpoint_dir and metrics["step"] >= trial_config.max_steps:
                     run.log_adapter(checkpoint_dir, metrics["step"])
             checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            tune.report(metrics, checkpoint=checkpoint)
+            tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
         checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a study
         with checkpoint.as_directory() if checkpoint else nullcontext() as resume_from:

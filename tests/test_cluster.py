@@ -1,0 +1,80 @@
+"""Multi-node behaviour, proven on one machine: a Ray head plus a second node (another raylet joined with `ray start
+--address`) inside a loopback-only network and pid namespace, MLflow served as on the head from the machine's
+PostgreSQL. Needs root (unshare), like the machines this project runs on."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.studies import space_file
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 30
+
+
+@contextmanager
+def postgres_database():
+    """A fresh database on the local PostgreSQL server (127.0.0.1:5432, trust auth), dropped afterwards."""
+    import psycopg2
+
+    name = f"ptplus_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+        yield name
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def test_a_study_spans_two_nodes_and_survives_losing_one(tmp_path, tiny_trial):
+    space = space_file(tmp_path, tiny_trial, max_steps=STEPS, num_samples=8, max_concurrent=8,
+                       scheduler={"grace_period": STEPS, "reduction_factor": 2})
+    work = tmp_path / "w"
+    work.mkdir()
+    with postgres_database() as database:
+        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net", sys.executable, "-m",
+                               "tests.cluster_scenario", space, str(work), database], cwd=ROOT, capture_output=True,
+                              text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    seen = json.loads((work / "scenario.json").read_text())
+    assert seen["returncode"] == 0, seen["stderr"][-3000:]
+    # Trials ran on both nodes, then the second node died with trials on it.
+    assert len(set(seen["nodes_before_kill"].values())) == 2, seen["nodes_before_kill"]
+    assert seen["killed_pids"]
+    assert "retrying it from its last checkpoint" in seen["stderr"]
+    assert "(8 completed, 0 stopped early by ASHA, 0 failed)" in seen["stdout"]
+    results = seen["results"]
+    assert len(results) == 8
+    for trial_id, rows in results.items():
+        steps = [r["step"] for r in rows]
+        assert steps[-1] == STEPS and steps.count(2) == 1, (trial_id, steps)  # resumed, never restarted
+    # MLflow (PostgreSQL-backed server, 8 trials writing at once): exactly one complete run per trial.
+    parents = [r for r in seen["runs"] if r["trial_id"] is None]
+    children = [r for r in seen["runs"] if r["trial_id"] is not None]
+    assert len(parents) == 1 and len(children) == 8
+    assert sorted(r["trial_id"] for r in children) == sorted(results)
+    for run in children:
+        assert run["status"] == "FINISHED" and run["tag_status"] == "completed" and run["model_uri"]
+        assert run["steps"] == list(range(2, STEPS + 1, 2)), run
+    assert "Traceback" not in seen["server_log"] and " ERROR " not in seen["server_log"], seen["server_log"][-3000:]
+
+
+def test_ray_up_on_loopback_runs_a_study_and_ray_down_leaves_nothing(tmp_path, tiny_trial):
+    """`make cluster-e2e` with the tiny model: sshd with a generated key, `ray up` of cluster-onprem.yaml pointed at
+    127.0.0.1, the study through `ray exec`, `ray down`; the script itself checks that no Ray process is left."""
+    space = space_file(tmp_path, tiny_trial, num_samples=2)
+    venv = Path(sys.executable).parent.parent
+    before = set(Path("/var/tmp").glob("ptplus-e2e.*"))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "cluster_e2e.sh"), space], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "VENV": str(venv)})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "ok: ray up, a study through ray exec, ray down" in proc.stderr
+    assert "study e2e done" in proc.stdout and "registered: models:/" in proc.stdout
+    assert not (Path.home() / "ray_bootstrap_config.yaml").exists()
+    assert set(Path("/var/tmp").glob("ptplus-e2e.*")) <= before  # its work folder is gone too
