@@ -5,12 +5,15 @@
 #
 #   scripts/cluster_e2e.sh [SPACE]        (make cluster-e2e; SPACE defaults to quick, on the embedded model)
 #
-# Everything runs inside a private network + pid namespace that only has loopback: sshd (port 22, which Ray's ssh
-# has no option to change), the Ray head and the MLflow server are unreachable from outside and every process dies
-# with the namespace; temp files (Ray's sessions, the launcher's state, locks and config caches) go to a work folder
-# that is removed at the end (KEEP_E2E=1 keeps it). Needs root (unshare).
+# Everything runs inside a private network + pid + mount namespace that only has loopback: sshd (port 22, which
+# Ray's ssh has no option to change), the Ray head and the MLflow server are unreachable from outside and every
+# process dies with the namespace. The head's home is an overlay on $HOME whose changes land in the work folder:
+# Ray's ray_bootstrap_config.yaml and key, the MLflow log, ~/ptplus linked to this checkout's .venv and the lines
+# cluster-onprem.yaml's setup would add to ~/.bashrc. Temp files (Ray's sessions, the launcher's state, locks and
+# config caches) go to the work folder too, which is removed at the end (KEEP_E2E=1 keeps it). Needs root.
 # Derived from cluster-onprem.yaml: head_ip/auth point here, no worker ips, no file mounts or setup commands (this
-# checkout and its .venv are the installation), the venv's absolute path instead of ~/ptplus, sqlite for MLflow.
+# checkout and its .venv are the installation), sqlite instead of PostgreSQL for MLflow, the work folder as
+# /mnt/shared.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -23,24 +26,28 @@ if [ "${PTPLUS_E2E_INSIDE:-}" != 1 ]; then
     echo "installing openssh-server and rsync (Ray's cluster launcher needs them)" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server rsync > /dev/null
   fi
-  for leftover in ~/ray_bootstrap_config.yaml ~/ray_bootstrap_key.pem; do
-    [ ! -e "$leftover" ] || { echo "error: $leftover exists (another cluster's?); not touching it" >&2; exit 2; }
-  done
   WORK=$(mktemp -d /var/tmp/ptplus-e2e.XXXXXX)
   status=0
-  PTPLUS_E2E_INSIDE=1 PTPLUS_E2E_WORK=$WORK unshare --pid --fork --mount-proc --net \
+  PTPLUS_E2E_INSIDE=1 PTPLUS_E2E_WORK=$WORK unshare --pid --fork --mount-proc --net --mount \
     bash "${BASH_SOURCE[0]}" "$SPACE" || status=$?
-  rm -f ~/ray_bootstrap_config.yaml ~/ray_bootstrap_key.pem  # the head's copies: the head was this machine
   [ -n "${KEEP_E2E:-}" ] || rm -rf "$WORK"
   exit $status
 fi
 
 # ---- inside the namespace -------------------------------------------------------------------------------------
 WORK=$PTPLUS_E2E_WORK
-mkdir -p "$WORK/tmp"
-ip link set lo up
-export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 TMPDIR=$WORK/tmp RAY_TMPDIR=$WORK/tmp
 step() { echo "[cluster-e2e $(date +%H:%M:%S)] $*" >&2; }
+ip link set lo up
+mkdir -p "$WORK/tmp" "$WORK/home" "$WORK/overlay"
+mount -t overlay overlay -o "lowerdir=$HOME,upperdir=$WORK/home,workdir=$WORK/overlay" "$HOME"
+ln -sfn "$VENV" "$HOME/ptplus"
+{
+  echo "export PATH=\$HOME/ptplus/bin:\$PATH"
+  echo "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TMPDIR=$WORK/tmp RAY_TMPDIR=$WORK/tmp"
+} >> "$HOME/.bashrc"
+# shellcheck source=/dev/null
+source "$HOME/.bashrc"
+export PYTHONUNBUFFERED=1
 
 step "sshd on 127.0.0.1:22 with a generated key"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/client_key"
@@ -52,51 +59,47 @@ mkdir -p /run/sshd
   -o PidFile="$WORK/sshd.pid"
 
 step "cluster config from cluster-onprem.yaml"
-"$VENV/bin/python" - "$ROOT/cluster-onprem.yaml" "$WORK" "$VENV" <<'EOF'
+python - "$ROOT/cluster-onprem.yaml" "$WORK" <<'PY'
 import sys, yaml
-source, work, venv = sys.argv[1:4]
+source, work = sys.argv[1:3]
 config = yaml.safe_load(open(source))
 config["cluster_name"] = "ptplus-e2e"
 config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
 config["auth"] = {"ssh_user": "root", "ssh_private_key": f"{work}/client_key"}
 config["file_mounts"], config["setup_commands"], config["head_setup_commands"] = {}, [], []
-env = f"export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TMPDIR={work}/tmp RAY_TMPDIR={work}/tmp; "
 def adapt(command):
-    command = command.replace("~/ptplus/bin/", f"{venv}/bin/").replace("/mnt/shared", work)
-    command = command.replace("postgresql+psycopg2://mlflow:mlflow@127.0.0.1:5432/mlflow", f"sqlite:///{work}/mlflow.db")
-    return env + command.replace("$(hostname -I | cut -d\" \" -f1)", "127.0.0.1")
-config["head_start_ray_commands"] = [adapt(c) for c in config["head_start_ray_commands"]]
-config["worker_start_ray_commands"] = [adapt(c) for c in config["worker_start_ray_commands"]]
+    command = command.replace("/mnt/shared", work).replace('$(hostname -I | cut -d" " -f1)', "127.0.0.1")
+    return command.replace("postgresql+psycopg2://mlflow:mlflow@127.0.0.1:5432/mlflow", f"sqlite:///{work}/mlflow.db")
+for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+    config[key] = [adapt(c) for c in config[key]]
 yaml.safe_dump(config, open(f"{work}/cluster.yaml", "w"), sort_keys=False)
-EOF
+PY
 
-cleanup() { "$VENV/bin/ray" down -y "$WORK/cluster.yaml" > /dev/null 2>&1 || true; }
+cleanup() { ray down -y "$WORK/cluster.yaml" > /dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 step "ray up"
-"$VENV/bin/ray" up -y --no-config-cache "$WORK/cluster.yaml" > "$WORK/ray_up.log" 2>&1 || {
-  tail -30 "$WORK/ray_up.log" >&2; exit 1; }
+ray up -y --no-config-cache "$WORK/cluster.yaml" > "$WORK/ray_up.log" 2>&1 || { tail -30 "$WORK/ray_up.log" >&2; exit 1; }
 for _ in $(seq 60); do  # the head's MLflow server starts in the background
-  "$VENV/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=2)" \
-    2> /dev/null && break
+  python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=2)" 2> /dev/null \
+    && break
   sleep 1
 done
 
 step "ptplus-tune --space $SPACE on the head (ray exec)"
-"$VENV/bin/ray" exec "$WORK/cluster.yaml" "export RAY_AUTH_MODE=disabled TMPDIR=$WORK/tmp RAY_TMPDIR=$WORK/tmp; \
-  cd $WORK && $VENV/bin/ptplus-tune --space $SPACE --address 127.0.0.1:6380 \
+ray exec "$WORK/cluster.yaml" "cd $WORK && ptplus-tune --space $SPACE --address 127.0.0.1:6380 \
   --tracking-uri http://127.0.0.1:5000 --storage-path $WORK/results --name e2e" 2>&1 | tee "$WORK/study.log"
 grep -q "study e2e done" "$WORK/study.log" || { echo "error: the study did not finish" >&2; exit 1; }
 grep -q "registered: models:/" "$WORK/study.log" || { echo "error: no adapter was registered" >&2; exit 1; }
 
 step "ray down"
-"$VENV/bin/ray" down -y "$WORK/cluster.yaml" > "$WORK/ray_down.log" 2>&1
+ray down -y "$WORK/cluster.yaml" > "$WORK/ray_down.log" 2>&1
 trap - EXIT
 sleep 2
 # `ray down` exits 0 even when it stopped nothing: look at the processes themselves.
 if pgrep -f "raylet|gcs_server" > /dev/null; then
   echo "error: Ray processes are still running after ray down:" >&2
-  pgrep -af "raylet|gcs_server" >&2
+  pgrep -af "raylet|gcs_server" | cut -c1-200 >&2
   exit 1
 fi
 step "ok: ray up, a study through ray exec, ray down; nothing of Ray left running"

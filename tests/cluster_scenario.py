@@ -8,32 +8,36 @@ an MLflow server as on the head (PostgreSQL backend), a Ray head and a second no
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tests.mlflow_server import mlflow_server
 from tests.studies import trial_results
 
-HEAD_PORT, WORKER_NODE_PORT = "6390", "6411"  # 6379 is Redis's on these machines
+HEAD_PORT = "6390"  # 6379 is Redis's on these machines
+NODE_MARKER = "PTPLUS_TEST_NODE"
 
 
-def _ray(*args, env):
-    subprocess.run([str(Path(sys.executable).with_name("ray")), *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, timeout=180)
+def _ray(*args, env, log: Path):
+    with log.open("a") as out:
+        subprocess.run([str(Path(sys.executable).with_name("ray")), *args], env=env, check=True, stdout=out,
+                       stderr=subprocess.STDOUT, timeout=180)
 
 
 def _kill_worker_node() -> list[int]:
-    """SIGKILL the second node's raylet and every worker process it started: the node is gone at once."""
+    """SIGKILL every process of the second node (its raylet, agents and trial workers, which all inherit the
+    marker variable `ray start` had; workers rename themselves, so the command line cannot tell): it is gone."""
     killed = []
     for proc in Path("/proc").iterdir():
         try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            environ = (proc / "environ").read_bytes()
         except OSError:
             continue
-        if f"node_manager_port={WORKER_NODE_PORT}".encode() in cmdline or \
-                f"node-manager-port={WORKER_NODE_PORT}".encode() in cmdline:
+        if f"{NODE_MARKER}=worker".encode() in environ:
             try:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed.append(int(proc.name))
@@ -45,19 +49,20 @@ def _kill_worker_node() -> list[int]:
 def main(space: str, workdir: str, database: str) -> None:
     work = Path(workdir)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(work / "r"),
+    ray_root = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix socket paths have a length limit
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_root,
            "PYTHONUNBUFFERED": "1"}
+    log = work / "ray.log"
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # a real multi-node cluster; the namespace keeps it private
-    (work / "r").mkdir()
     (work / "artifacts").mkdir()
     # PostgreSQL through its unix socket: the namespace's loopback is not the host's.
     backend = f"postgresql+psycopg2://postgres@/{database}?host=/var/run/postgresql"
     out: dict = {"events": []}
     with mlflow_server(backend, str(work / "artifacts")) as tracking:
         _ray("start", "--head", f"--port={HEAD_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-             "--include-dashboard=false", env=env)
+             "--include-dashboard=false", env=env, log=log)
         _ray("start", f"--address=127.0.0.1:{HEAD_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-             f"--node-manager-port={WORKER_NODE_PORT}", env=env)
+             env={**env, NODE_MARKER: "worker"}, log=log)
         study = work / "results" / "mn"
         driver = subprocess.Popen(
             [sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--address", f"127.0.0.1:{HEAD_PORT}",
@@ -66,7 +71,7 @@ def main(space: str, workdir: str, database: str) -> None:
         deadline = time.time() + 600
         while time.time() < deadline:  # every trial running and checkpointed at least twice: then kill a node
             results = trial_results(study)
-            if len(results) == 8 and all(rows[-1]["step"] >= 4 for rows in results.values()):
+            if len(results) == 8 and all(rows[-1]["step"] >= 6 for rows in results.values()):
                 break
             if driver.poll() is not None:
                 break
@@ -88,7 +93,8 @@ def main(space: str, workdir: str, database: str) -> None:
             "model_uri": r.data.tags.get("ptplus.model_uri"),
             "steps": sorted(m.step for m in client.get_metric_history(r.info.run_id, "eval_accuracy")),
         } for r in runs]
-        _ray("stop", "--force", env=env)
+        _ray("stop", "--force", env=env, log=log)
+    shutil.rmtree(ray_root, ignore_errors=True)
     out["server_log"] = "".join(p.read_text() for p in work.glob("mlflow-server-*.log"))
     (work / "scenario.json").write_text(json.dumps(out))
 

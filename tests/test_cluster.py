@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.studies import space_file
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 30
+STEPS = 40
 
 
 @contextmanager
@@ -41,7 +41,9 @@ def test_a_study_spans_two_nodes_and_survives_losing_one(tmp_path, tiny_trial):
         proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net", sys.executable, "-m",
                                "tests.cluster_scenario", space, str(work), database], cwd=ROOT, capture_output=True,
                               text=True, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ray_log = work / "ray.log"
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:] + (ray_log.read_text()[-2000:] if
+                                                                         ray_log.exists() else "")
     seen = json.loads((work / "scenario.json").read_text())
     assert seen["returncode"] == 0, seen["stderr"][-3000:]
     # Trials ran on both nodes, then the second node died with trials on it.
