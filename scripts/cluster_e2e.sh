@@ -24,7 +24,10 @@ if [ "${PTPLUS_E2E_INSIDE:-}" != 1 ]; then
   [ -x "$VENV/bin/ray" ] || { echo "error: no $VENV: run make install first" >&2; exit 2; }
   if ! command -v rsync > /dev/null || [ ! -x /usr/sbin/sshd ]; then
     echo "installing openssh-server and rsync (Ray's cluster launcher needs them)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server rsync > /dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq openssh-server rsync > /dev/null 2>&1 || { apt-get update -qq > /dev/null 2>&1 &&
+      apt-get install -y -qq openssh-server rsync > /dev/null 2>&1; } || {
+      echo "error: could not install openssh-server and rsync with apt-get" >&2; exit 3; }
   fi
   WORK=$(mktemp -d /var/tmp/ptplus-e2e.XXXXXX)
   status=0

@@ -10,7 +10,11 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.studies import space_file
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces (unshare)")
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -75,6 +79,8 @@ def test_ray_up_on_loopback_runs_a_study_and_ray_down_leaves_nothing(tmp_path, t
     before = set(Path("/var/tmp").glob("ptplus-e2e.*"))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "cluster_e2e.sh"), space], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env={**os.environ, "VENV": str(venv)})
+    if proc.returncode == 3:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])  # no sshd and apt-get could not install it
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "ok: ray up, a study through ray exec, ray down" in proc.stderr
     assert "study e2e done" in proc.stdout and "registered: models:/" in proc.stdout
