@@ -28,6 +28,12 @@ from ray import tune  # noqa: E402
 from ptplus_tune.service import run_study  # noqa: E402
 from ptplus_tune.spaces import parse_space  # noqa: E402
 
+# Trial functions are shipped to Ray workers by pickling; bench/ is not an installed package, so its code must
+# travel by value.
+for _module in (grid, sys.modules[__name__]):
+    if _module.__name__ != "__main__":
+        ray.cloudpickle.register_pickle_by_value(_module)
+
 TOLERANCE = 0.01
 STRATEGIES = {  # name: (sampler, early stopping)
     "TPE + ASHA (default)": ("tpe", True),

@@ -52,11 +52,27 @@ def test_validation_names_file_parameter_and_problem(tmp_path, parameters, messa
     ({"metric": "bleu"}, "metric: unknown metric 'bleu'"),
     ({"scheduler": {"grace_period": 100}, "trial": {"max_steps": 10}}, "grace_period: must be between 1 and max_steps"),
     ({"num_samples": 0}, "num_samples: must be >= 1"),
+    ({"sampler": "grid"}, "sampler: must be one of tpe, random"),
+    ({"scheduler": {"type": "hyperband"}}, "scheduler.type: must be one of asha, none"),
     ({"trial": {"max_steps": 0}}, "max_steps must be an integer >= 1"),
 ])
 def test_study_settings_are_validated(tmp_path, study, message):
     with pytest.raises(PTPlusError, match=message):
         load_space(_write(tmp_path, {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}}, **study))
+
+
+def test_random_search_without_early_stopping_builds_those_parts(tmp_path):
+    import optuna
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ptplus_tune.service.study import build_scheduler, build_searcher
+
+    spec = load_space(_write(tmp_path, {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}},
+                             sampler="random", scheduler={"type": "none", "grace_period": 500}))
+    assert spec.sampler == "random" and spec.scheduler.type == "none"  # grace_period is moot without ASHA
+    assert type(build_scheduler(spec)) is FIFOScheduler
+    searcher = build_searcher(spec, "s", tmp_path / "study").searcher
+    assert isinstance(searcher._sampler, optuna.samplers.RandomSampler)
 
 
 def test_conditional_parameters_appear_only_with_their_parent_value():

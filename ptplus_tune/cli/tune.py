@@ -71,6 +71,8 @@ def _apply_overrides(spec, args) -> None:
 
 
 def _rungs(spec) -> list[int]:
+    if spec.scheduler.type == "none":
+        return []
     rungs, t = [], spec.scheduler.grace_period
     while t < spec.max_steps:
         rungs.append(t)
@@ -80,9 +82,12 @@ def _rungs(spec) -> list[int]:
 
 def _plan(spec, name: str, path: Path) -> str:
     res = spec.resources
+    sampler = "TPE" if spec.sampler == "tpe" else "random search"
+    stopping = (f"ASHA may stop trials at steps {_rungs(spec)} of {spec.max_steps}" if spec.scheduler.type == "asha"
+                else f"no early stopping: every trial runs {spec.max_steps} steps")
     return (f"study {name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, {res.cpus:g} CPU + "
-            f"{res.gpus:g} GPU each; TPE (seed {spec.seed}) optimises {spec.metric} ({spec.mode}); ASHA may stop "
-            f"trials at steps {_rungs(spec)} of {spec.max_steps}; state in {path}")
+            f"{res.gpus:g} GPU each; {sampler} (seed {spec.seed}) optimises {spec.metric} ({spec.mode}); {stopping}; "
+            f"state in {path}")
 
 
 class _ProgressPrinter(logging.Handler):

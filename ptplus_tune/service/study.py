@@ -90,14 +90,20 @@ def build_searcher(spec: StudySpec, name: str, path: Path):
     path.mkdir(parents=True, exist_ok=True)
     # The Optuna study lives in an RDB file next to the experiment: `optuna-dashboard sqlite:///…/optuna.db`.
     storage = optuna.storages.RDBStorage(f"sqlite:///{path / OPTUNA_DB}")
-    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed)
+    if spec.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed)
     searcher = OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
                             study_name=name, storage=storage)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
 
 def build_scheduler(spec: StudySpec):
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler.type == "none":
+        return FIFOScheduler()  # every trial runs its whole budget
 
     # Budget = optimiser steps (the `step` every report carries), so rungs sit at grace_period · rf^k steps.
     return ASHAScheduler(time_attr="step", max_t=spec.max_steps, grace_period=spec.scheduler.grace_period,
@@ -106,9 +112,10 @@ def build_scheduler(spec: StudySpec):
 
 def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
               trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2,
-              tracking=None) -> StudyResult:
+              tracking=None, stop=None) -> StudyResult:
     """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised.
-    `tracking`: a `ptplus_tune.tracking.Target`; each trial then writes its own MLflow run."""
+    `tracking`: a `ptplus_tune.tracking.Target`; each trial then writes its own MLflow run. `stop`: a Tune stopping
+    condition (e.g. a `tune.Stopper`), for benchmarks that end a study once a target is reached."""
     from ray import tune
 
     from ptplus_tune.service.progress import StudyProgress
@@ -139,7 +146,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
             run_config=tune.RunConfig(
                 name=name, storage_path=str(path.parent),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), stop=stop,
                 callbacks=[StudyProgress(spec.metric, spec.mode, spec.max_steps), *callbacks],
                 verbose=0,
             ),

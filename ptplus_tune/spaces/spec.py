@@ -23,8 +23,10 @@ from ptplus_tune.trial import TrialConfig
 PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_loss", "train_loss")
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
-_STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "scheduler",
-               "resources", "trial", "parameters"}
+_STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "sampler",
+               "scheduler", "resources", "trial", "parameters"}
+SAMPLERS = ("tpe", "random")  # Optuna's TPESampler (multivariate, grouped) or RandomSampler
+SCHEDULERS = ("asha", "none")  # ASHA early stopping, or every trial runs its full budget
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Parameter:
 
 @dataclass
 class Scheduler:
+    type: str = "asha"
     grace_period: int = 20  # training steps before ASHA may stop a trial
     reduction_factor: int = 3
 
@@ -62,6 +65,7 @@ class StudySpec:
     num_samples: int = 20
     max_concurrent: int = 2
     seed: int = 0
+    sampler: str = "tpe"
     scheduler: Scheduler = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
     description: str = ""
@@ -95,7 +99,7 @@ class StudySpec:
             params[p.name] = raw
         return {"name": self.name, "description": self.description, "metric": self.metric, "mode": self.mode,
                 "num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
-                "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
+                "sampler": self.sampler, "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
                 "trial": dict(self.trial), "parameters": params}
 
     def to_yaml(self) -> str:
@@ -226,11 +230,13 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
     for key in ("num_samples", "max_concurrent", "seed"):
         if key in data:
             setattr(spec, key, _number(source, key, data[key], int))
+    spec.sampler = data.get("sampler", spec.sampler)
     sched = data.get("scheduler") or {}
-    spec.scheduler = Scheduler(**{k: _number(source, f"scheduler.{k}", v, int) for k, v in sched.items()
+    if set(sched) - {"type", "grace_period", "reduction_factor"}:
+        _fail(source, "scheduler", "only type, grace_period and reduction_factor (max budget is trial.max_steps)")
+    spec.scheduler = Scheduler(type=sched.get("type", "asha"),
+                               **{k: _number(source, f"scheduler.{k}", v, int) for k, v in sched.items()
                                   if k in ("grace_period", "reduction_factor")})
-    if set(sched) - {"grace_period", "reduction_factor"}:
-        _fail(source, "scheduler", "only grace_period and reduction_factor (max budget is trial.max_steps)")
     res = data.get("resources") or {}
     if set(res) - {"cpus", "gpus"}:
         _fail(source, "resources", "only cpus and gpus")
@@ -255,7 +261,11 @@ def validate(spec: StudySpec) -> None:
         _fail(src, "resources", "cpus must be > 0 and gpus >= 0")
     if spec.resources.gpus > 1 and not math.isclose(spec.resources.gpus, round(spec.resources.gpus)):
         _fail(src, "resources.gpus", "above 1, GPUs per trial must be a whole number")
+    if spec.sampler not in SAMPLERS:
+        _fail(src, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {spec.sampler!r}")
+    if spec.scheduler.type not in SCHEDULERS:
+        _fail(src, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler.type!r}")
     if spec.scheduler.reduction_factor < 2:
         _fail(src, "scheduler.reduction_factor", "must be >= 2")
-    if not 1 <= spec.scheduler.grace_period <= spec.max_steps:
+    if spec.scheduler.type == "asha" and not 1 <= spec.scheduler.grace_period <= spec.max_steps:
         _fail(src, "scheduler.grace_period", f"must be between 1 and max_steps ({spec.max_steps})")

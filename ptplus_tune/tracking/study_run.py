@@ -37,9 +37,11 @@ def _versions() -> dict[str, str]:
 def _study_params(spec) -> dict[str, Any]:
     params = {"metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
               "max_concurrent": spec.max_concurrent, "seed": spec.seed, "max_steps": spec.max_steps,
+              "sampler": spec.sampler, "scheduler": spec.scheduler.type,
               "asha.grace_period": spec.scheduler.grace_period,
               "asha.reduction_factor": spec.scheduler.reduction_factor, "resources.cpus": spec.resources.cpus,
-              "resources.gpus": spec.resources.gpus, "searched": ",".join(p.name for p in spec.parameters if p.type != "fixed")}
+              "resources.gpus": spec.resources.gpus,
+              "searched": ",".join(p.name for p in spec.parameters if p.type != "fixed")}
     params.update({f"trial.{k}": v for k, v in sorted(spec.trial.items())})
     params["base_model"] = model_identity(spec.trial.get("model"))
     params["dataset"] = dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET))
