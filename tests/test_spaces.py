@@ -55,6 +55,8 @@ def test_validation_names_file_parameter_and_problem(tmp_path, parameters, messa
     ({"sampler": "grid"}, "sampler: must be one of tpe, random"),
     ({"scheduler": {"type": "hyperband"}}, "scheduler.type: must be one of asha, none"),
     ({"trial": {"max_steps": 0}}, "max_steps must be an integer >= 1"),
+    ({"balance": "learning_rate"}, "balance: must name a categorical parameter without `when`, got 'learning_rate'"),
+    ({"balance": "method"}, "balance: must name a categorical parameter"),
 ])
 def test_study_settings_are_validated(tmp_path, study, message):
     with pytest.raises(PTPlusError, match=message):
@@ -90,6 +92,25 @@ def test_conditional_parameters_appear_only_with_their_parent_value():
         assert ("prefix_length" in params) == (method in ("ptplus", "prefix_tuning"))
         study.tell(trial, 0.0)
     assert seen == {"ptplus", "lora", "prefix_tuning"}
+
+
+def test_balance_gives_every_method_the_same_number_of_trials(tmp_path):
+    from ptplus_tune.service.study import build_searcher
+
+    spec = load_space("compare")
+    spec.num_samples = 7
+    assert spec.balance == "method"
+    searcher = build_searcher(spec, "s", tmp_path / "study").searcher  # the OptunaSearch inside the limiter
+    configs = [searcher.suggest(f"t{i}") for i in range(spec.num_samples)]
+    for i, config in enumerate(configs):
+        searcher.on_trial_complete(f"t{i}", {"eval_accuracy": 0.5})
+    methods = [c["method"] for c in configs]
+    assert methods == ["ptplus", "lora", "prefix_tuning"] * 2 + ["ptplus"]
+    for config in configs:  # only the method is pinned: the rest is sampled, with its conditions
+        assert ("feature_map" in config) == (config["method"] == "ptplus")
+        assert ("lora_r" in config) == (config["method"] == "lora")
+        assert 1e-4 <= config["learning_rate"] <= 1e-2
+    assert len({c["learning_rate"] for c in configs}) == len(configs)
 
 
 def test_a_built_wheel_ships_the_spaces(tmp_path):

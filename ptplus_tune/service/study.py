@@ -94,8 +94,9 @@ def build_searcher(spec: StudySpec, name: str, path: Path):
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
         sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed)
+    # `balance`: partial points, enqueued in the Optuna study; each pins one parameter, the sampler proposes the rest.
     searcher = OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
-                            study_name=name, storage=storage)
+                            study_name=name, storage=storage, points_to_evaluate=spec.balanced_points() or None)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
 

@@ -24,7 +24,7 @@ PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_loss", "train_loss")
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
 _STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "sampler",
-               "scheduler", "resources", "trial", "parameters"}
+               "balance", "scheduler", "resources", "trial", "parameters"}
 SAMPLERS = ("tpe", "random")  # Optuna's TPESampler (multivariate, grouped) or RandomSampler
 SCHEDULERS = ("asha", "none")  # ASHA early stopping, or every trial runs its full budget
 
@@ -66,6 +66,7 @@ class StudySpec:
     max_concurrent: int = 2
     seed: int = 0
     sampler: str = "tpe"
+    balance: str | None = None  # a categorical parameter whose choices get equal numbers of trials
     scheduler: Scheduler = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
     description: str = ""
@@ -83,6 +84,14 @@ class StudySpec:
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
 
+    def balanced_points(self) -> list[dict[str, Any]]:
+        """With `balance`, trial i is pinned to the i-th choice in turn (the sampler proposes the rest), so every
+        choice gets the same number of trials (±1 when num_samples is not a multiple)."""
+        if self.balance is None:
+            return []
+        choices = self.parameter(self.balance).choices
+        return [{self.balance: choices[i % len(choices)]} for i in range(self.num_samples)]
+
     def to_data(self) -> dict[str, Any]:
         """The resolved spec in the YAML format it was read from (parse_space(to_data()) gives it back)."""
         params = {}
@@ -99,7 +108,8 @@ class StudySpec:
             params[p.name] = raw
         return {"name": self.name, "description": self.description, "metric": self.metric, "mode": self.mode,
                 "num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
-                "sampler": self.sampler, "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
+                "sampler": self.sampler, **({"balance": self.balance} if self.balance else {}),
+                "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
                 "trial": dict(self.trial), "parameters": params}
 
     def to_yaml(self) -> str:
@@ -231,6 +241,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
         if key in data:
             setattr(spec, key, _number(source, key, data[key], int))
     spec.sampler = data.get("sampler", spec.sampler)
+    spec.balance = data.get("balance")
     sched = data.get("scheduler") or {}
     if set(sched) - {"type", "grace_period", "reduction_factor"}:
         _fail(source, "scheduler", "only type, grace_period and reduction_factor (max budget is trial.max_steps)")
@@ -263,6 +274,10 @@ def validate(spec: StudySpec) -> None:
         _fail(src, "resources.gpus", "above 1, GPUs per trial must be a whole number")
     if spec.sampler not in SAMPLERS:
         _fail(src, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {spec.sampler!r}")
+    if spec.balance is not None:
+        target = spec.parameter(spec.balance) if isinstance(spec.balance, str) else None
+        if target is None or target.type != "categorical" or target.when:
+            _fail(src, "balance", f"must name a categorical parameter without `when`, got {spec.balance!r}")
     if spec.scheduler.type not in SCHEDULERS:
         _fail(src, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler.type!r}")
     if spec.scheduler.reduction_factor < 2:

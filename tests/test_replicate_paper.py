@@ -1,0 +1,96 @@
+"""bench/replicate_paper.py end to end on the tiny model: a balanced compare study (real Ray, real MLflow server),
+each method's winner scored on the test split, the markdown table printed and logged on the study's parent run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.ray_env import kill_ray_under, ray_env
+from tests.studies import study_runs
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "replicate_paper.py"
+
+
+def _space(tmp_path, tiny_trial) -> str:
+    trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
+    trial.update(max_steps=6, eval_every=3)
+    data = {"name": "tiny-compare", "num_samples": 3, "max_concurrent": 2, "seed": 0, "balance": "method",
+            "scheduler": {"grace_period": 3, "reduction_factor": 2}, "resources": {"cpus": 1, "gpus": 0},
+            "trial": trial,
+            "parameters": {
+                "method": {"type": "categorical", "choices": ["ptplus", "lora", "prefix_tuning"]},
+                "prefix_length": {"type": "int", "low": 2, "high": 8, "when": {"method": ["ptplus", "prefix_tuning"]}},
+                "learning_rate": {"type": "float", "low": 1e-2, "high": 1e-1, "log": True}}}
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def _run(tmp_path, args):
+    env = ray_env()
+    try:
+        return subprocess.run([sys.executable, str(SCRIPT), "--storage-path", str(tmp_path / "results"), *args],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+
+
+def _test_accuracy(tracking_uri, model_uri, tiny_trial, config) -> float:
+    import mlflow
+    import pandas as pd
+
+    from ptplus_tune.trial import TrialConfig
+    from ptplus_tune.trial.train import load_splits
+
+    settings = {k: v for k, v in tiny_trial.items() if k != "num_threads"}
+    splits = load_splits(TrialConfig.from_dict({**settings, **config}))
+    mlflow.set_tracking_uri(tracking_uri)
+    out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": [ex.text for ex in splits.test]}))
+    return sum(label == ex.label for label, ex in zip(out["label"], splits.test)) / len(splits.test)
+
+
+def test_replication_table_is_printed_and_logged_on_the_parent_run(tmp_path, tiny_trial, tracking_server):
+    proc = _run(tmp_path, ["--space", _space(tmp_path, tiny_trial), "--per-method", "2", "--name", "rep",
+                           "--tracking-uri", tracking_server, "--step-rounds", "3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = study_runs(tracking_server, "rep")
+    methods = sorted(r.data.params["method"] for r in runs)
+    assert methods == ["lora", "lora", "prefix_tuning", "prefix_tuning", "ptplus", "ptplus"]  # balanced
+
+    client = MlflowClient(tracking_server)
+    parent_id = runs[0].data.tags["mlflow.parentRunId"]
+    table = Path(client.download_artifacts(parent_id, "replication.md", str(tmp_path))).read_text()
+    assert table in proc.stdout
+    for row in ("| Prefix-Tuning+ | 2 (", "| Prefix-Tuning (PEFT) | 2 (", "| LoRA (PEFT) | 2 (",
+                "| base model, zero-shot |"):
+        assert row in table
+    assert "Prefix-Tuning+ - LoRA (PEFT):" in table and "Prefix-Tuning+ - Prefix-Tuning (PEFT):" in table
+
+    report = json.loads(Path(client.download_artifacts(parent_id, "replication.json", str(tmp_path))).read_text())
+    by_trial = {r.data.tags["ptplus.trial_id"]: r for r in runs}
+    for row in report["methods"]:
+        same_method = [r for r in runs if r.data.params["method"] == row["method"]]
+        best = max(same_method, key=lambda r: r.data.metrics["eval_accuracy"])
+        assert row["validation_accuracy"] == pytest.approx(best.data.metrics["eval_accuracy"])
+        winner = by_trial[row["trial_id"]]
+        assert winner.data.metrics["eval_accuracy"] == pytest.approx(best.data.metrics["eval_accuracy"])
+        assert row["trainable_params"] == winner.data.metrics["trainable_params"] > 0
+        assert row["step_ms"] > 0
+        # The winner's adapter as MLflow serves it gives the same test accuracy as the bench measured.
+        accuracy = _test_accuracy(tracking_server, winner.data.tags["ptplus.model_uri"], tiny_trial, row["config"])
+        assert row["test_accuracy"] == pytest.approx(accuracy)
+        logged = client.get_run(parent_id).data.metrics[f"replication.{row['method']}.test_accuracy"]
+        assert logged == pytest.approx(accuracy)
+    assert len({row["trainable_params"] for row in report["methods"]}) == 3
+
+
+def test_a_space_without_balanced_methods_is_refused(tmp_path, tracking_server):
+    proc = _run(tmp_path, ["--space", "default", "--tracking-uri", tracking_server])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "balance: method" in proc.stderr
+    assert not (tmp_path / "results").exists()
