@@ -13,7 +13,7 @@ Prints a markdown table and logs it (`replication.md`, plus `replication.json` a
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import statistics
 import sys
@@ -187,6 +187,12 @@ def run(args) -> int:
     if args.seed is not None:
         spec.seed = args.seed
     validate(spec)
+    progress = logging.getLogger("ptplus_tune.progress")  # the service's one line per trial event
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    progress.propagate = False
     name = args.name or f"replicate-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new(args.storage_path, name)
     uri = args.tracking_uri or default_tracking_uri()

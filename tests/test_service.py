@@ -172,3 +172,6 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "num_samples: 7" in proc.stdout and "ASHA may stop trials at steps [20]" in proc.stdout
     assert list(tmp_path.iterdir()) == []
+    proc = run_cli(["--space", "compare", "--dry-run", "--storage-path", str(tmp_path)], ray_env())
+    assert "balance: method" in proc.stdout
+    assert "trials take turns over method (ptplus, lora, prefix_tuning)" in proc.stdout

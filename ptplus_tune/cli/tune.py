@@ -85,9 +85,11 @@ def _plan(spec, name: str, path: Path) -> str:
     sampler = "TPE" if spec.sampler == "tpe" else "random search"
     stopping = (f"ASHA may stop trials at steps {_rungs(spec)} of {spec.max_steps}" if spec.scheduler.type == "asha"
                 else f"no early stopping: every trial runs {spec.max_steps} steps")
+    balance = f"; trials take turns over {spec.balance} ({', '.join(map(str, spec.parameter(spec.balance).choices))})" \
+        if spec.balance else ""
     return (f"study {name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, {res.cpus:g} CPU + "
-            f"{res.gpus:g} GPU each; {sampler} (seed {spec.seed}) optimises {spec.metric} ({spec.mode}); {stopping}; "
-            f"state in {path}")
+            f"{res.gpus:g} GPU each; {sampler} (seed {spec.seed}) optimises {spec.metric} ({spec.mode}){balance}; "
+            f"{stopping}; state in {path}")
 
 
 class _ProgressPrinter(logging.Handler):
