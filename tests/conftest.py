@@ -3,11 +3,24 @@
 import json
 import os
 import random
+import sys
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _tracking_uri_stays_per_test():
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which every later CLI subprocess would inherit."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)
+
 
 COLOURS = {"red": ["apple", "fire", "rose", "blood"], "blue": ["sea", "sky", "ice", "jeans"],
            "green": ["grass", "leaf", "frog", "lime"]}
