@@ -20,6 +20,7 @@ def _quiet_libraries(verbose: bool) -> None:
     datasets.disable_progress_bars()
     if not verbose:  # e.g. MLflow's "Creating initial MLflow database tables" on a new sqlite file
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # per-trial download bars at the end
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
