@@ -13,6 +13,7 @@ Prints a markdown table and logs it (`replication.md`, plus `replication.json` a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import statistics
@@ -32,18 +33,17 @@ GOALS = (("ptplus", "prefix_tuning", 0.0), ("ptplus", "lora", -0.02))  # PT+ - o
 
 
 def best_per_method(result) -> dict:
-    """Each method's trial with the best final validation metric (how the service picks a winner)."""
+    """Each method's trial with the best final validation metric (how the service picks a winner), and its trials."""
     out = {}
     for method in NAMES:
-        trials = [t for t in result.trials if t.config.get("method") == method
-                  and isinstance(t.metrics.get(result.metric), (int, float))]
-        if trials:
-            pick = max if result.mode == "max" else min
-            out[method] = (pick(trials, key=lambda t: t.metrics[result.metric]), trials)
+        trials = [t for t in result.trials if t.config.get("method") == method]
+        best = dataclasses.replace(result, trials=trials).best
+        if best is not None:
+            out[method] = (best, trials)
     return out
 
 
-def test_accuracy(trial, spec) -> float:
+def score_on_test(trial, spec) -> float:
     """The trial's adapter (from its last checkpoint) on the test split, scored exactly as evaluation does."""
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.evaluate import evaluate
@@ -219,7 +219,7 @@ def run(args) -> int:
             "early_stopped": sum(t.status == "early_stopped" for t in trials),
             "configuration": _describe(best.config), "config": best.config, "trial_id": best.trial_id,
             "validation_accuracy": best.metrics["eval_accuracy"],
-            "test_accuracy": test_accuracy(best, spec),
+            "test_accuracy": score_on_test(best, spec),
             "trainable_params": int(best.metrics["trainable_params"]),
         })
     steps = step_times_ms({r["method"]: r["config"] for r in rows}, spec, args.step_rounds)

@@ -22,6 +22,7 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Downloading artifacts" not in proc.stderr  # no MLflow progress bars between the progress lines
     results = trial_results(tmp_path / "results" / "s1")
     assert len(results) == 6
     final = {tid: rows[-1] for tid, rows in results.items()}
