@@ -14,6 +14,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -27,6 +28,7 @@ from ray import tune  # noqa: E402
 
 from ptplus_tune.service import run_study  # noqa: E402
 from ptplus_tune.spaces import parse_space  # noqa: E402
+from ptplus_tune.spaces.spec import Parameter  # noqa: E402
 
 # Trial functions are shipped to Ray workers by pickling; bench/ is not an installed package, so its code must
 # travel by value.
@@ -35,37 +37,69 @@ for _module in (grid, sys.modules[__name__]):
         ray.cloudpickle.register_pickle_by_value(_module)
 
 TOLERANCE = 0.01
-STRATEGIES = {  # name: (sampler, early stopping)
-    "TPE + ASHA (default)": ("tpe", True),
-    "random + ASHA": ("random", True),
-    "TPE, no early stopping": ("tpe", False),
-    "random, no early stopping": ("random", False),
+STRATEGIES = {  # name: (sampler, early stopping, policy)
+    "TPE + ASHA, before": ("tpe", True, "before"),
+    "random + ASHA, before": ("random", True, "before"),
+    "TPE, no early stopping, before": ("tpe", False, "before"),
+    "random, no early stopping, before": ("random", False, "before"),
+    "TPE + ASHA, now (default policy)": ("tpe", True, "now"),
+    "random + ASHA, now": ("random", True, "now"),
 }
+# The default space's per-feature-map learning-rate ranges (search_spaces/default.yaml), on the grid's values.
+NOW_LEARNING_RATES = {"elu": [3e-4, 1e-3, 3e-3], "gelu": [3e-4, 1e-3, 3e-3], "relu": [1e-4, 3e-4, 1e-3],
+                      "identity": [1e-4, 3e-4, 1e-3], "mlp": [1e-4, 3e-4, 1e-3]}
+NOW_PREFIX_LENGTHS = [4, 16]  # the default space's range is 4..32
 
 
 def curves(table: dict) -> dict[str, list[dict]]:
     return {grid.key(run["config"]): run["curve"] for run in table["runs"]}
 
 
-def replay_trainable(table_curves: dict[str, list[dict]]):
+def replay_trainable(table_curves: dict[str, list[dict]], spec=None, chance: float | None = None):
+    """Replays stored curves. With the current policy (`spec` given): the learning rate comes from the feature map's
+    range (`lr_level`), only the steps the policy evaluates are reported, and the dead-trial rule (ptplus_tune.trial.
+    rules) ends a trial at the first evaluation at or after its step, as a real trial would."""
+    from ptplus_tune.trial import rules
+
+    policy = spec.trial_policy() if spec is not None else None
+    evaluated = set(policy["eval_steps"]) | {spec.max_steps} if spec is not None else None
+
     def replayed_trial(config):
+        config = dict(config)
+        if "lr_level" in config:
+            config["learning_rate"] = NOW_LEARNING_RATES[config["feature_map"]][config.pop("lr_level")]
+        first_loss, checked = None, False  # the loss rule's reference is the first stored (evaluated) point here
         for point in table_curves[grid.key(config)]:
-            tune.report(dict(point))
+            if evaluated is not None and point["step"] not in evaluated:
+                continue
+            report = dict(point)
+            if policy is not None and policy["dead_trial_step"] is not None:
+                reason = rules.loss_verdict(point["train_loss"], first_loss)
+                first_loss = point["train_loss"] if first_loss is None else first_loss
+                if reason is None and not checked and point["step"] >= policy["dead_trial_step"]:
+                    checked, reason = True, rules.accuracy_verdict(point["eval_accuracy"], chance)
+                if reason is not None and point["step"] < spec.max_steps:
+                    tune.report({**report, "stop_reason": reason})
+                    return
+            tune.report(report)
     return replayed_trial
 
 
 class StepCounter(tune.Callback):
-    """Training steps spent so far (each trial's last reported step, summed), and when the target was first met."""
+    """Training steps and evaluations spent so far (each trial's last reported step, summed; one evaluation per
+    report), and both when the target was first met."""
 
     def __init__(self, target: float):
-        self.target, self.spent, self.last = target, 0, {}
+        self.target, self.spent, self.evaluations, self.last = target, 0, 0, {}
         self.steps_to_target: int | None = None
+        self.evaluations_to_target: int | None = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.spent += result["step"] - self.last.get(trial.trial_id, 0)
+        self.evaluations += 1
         self.last[trial.trial_id] = result["step"]
         if self.steps_to_target is None and result["eval_accuracy"] >= self.target:
-            self.steps_to_target = self.spent
+            self.steps_to_target, self.evaluations_to_target = self.spent, self.evaluations
 
 
 class StopAtTarget(tune.Stopper):
@@ -79,17 +113,55 @@ class StopAtTarget(tune.Stopper):
         return self.counter.steps_to_target is not None
 
 
-def spec_for(table: dict, sampler: str, early_stopping: bool, seed: int):
+def spec_for(table: dict, sampler: str, early_stopping: bool, seed: int, policy: str = "before"):
     settings = table["settings"]
     steps = settings["max_steps"]
+    if policy == "now":
+        spec = parse_space({
+            "name": "replay", "metric": "eval_accuracy", "mode": "max", "max_concurrent": 1, "seed": seed,
+            "num_samples": len(NOW_LEARNING_RATES) * len(NOW_PREFIX_LENGTHS) * 3, "sampler": sampler,
+            "scheduler": {"grace_period": 10, "reduction_factor": 3} if early_stopping else {"type": "none"},
+            "resources": {"cpus": 1, "gpus": 0}, "trial": {"max_steps": steps},
+            "parameters": {"feature_map": {"type": "categorical", "choices": list(NOW_LEARNING_RATES)},
+                           "prefix_length": {"type": "categorical", "choices": NOW_PREFIX_LENGTHS}},
+        }, source="replay")
+        # Which of its map's three learning rates: not a trial setting (the replay maps it), so added after parsing.
+        spec.parameters.append(Parameter("lr_level", "categorical", choices=[0, 1, 2]))
+        return spec
     return parse_space({
         "name": "replay", "metric": "eval_accuracy", "mode": "max", "num_samples": len(table["runs"]),
-        "max_concurrent": 1, "seed": seed, "sampler": sampler,
-        "scheduler": ({"grace_period": settings["eval_every"], "reduction_factor": 2} if early_stopping
-                      else {"type": "none"}),
+        "max_concurrent": 1, "seed": seed, "sampler": sampler, "startup_trials": 10,  # Optuna's default then
+        "scheduler": ({"grace_period": settings["eval_every"], "reduction_factor": 2, "dead_trials": False}
+                      if early_stopping else {"type": "none", "dead_trials": False}),
         "resources": {"cpus": 1, "gpus": 0}, "trial": {"max_steps": steps, "eval_every": settings["eval_every"]},
         "parameters": {name: {"type": "categorical", "choices": values} for name, values in table["grid"].items()},
     }, source="replay")
+
+
+def measured_eval_step_ratio(settings: dict) -> float:
+    """t_eval / t_step on the embedded model at the grid's settings, with the current code (median of 3 each)."""
+    from ptplus_tune.trial import TrialConfig, TrialSession
+    from ptplus_tune.trial.evaluate import evaluate
+
+    session = TrialSession(TrialConfig.from_dict({**settings, "max_steps": 100}))
+    session._train_step()  # warm-up
+    steps, evals = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        session._train_step()
+        steps.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        evaluate(session.model, session.encoder, session.splits.validation, session.splits.labels,
+                 session.config.eval_batch_size, session.device)
+        evals.append(time.perf_counter() - started)
+    return statistics.median(evals) / statistics.median(steps)
+
+
+def validation_chance(settings: dict) -> float:
+    from ptplus_tune.trial import TrialConfig, rules
+    from ptplus_tune.trial.train import load_splits
+
+    return rules.majority_share(load_splits(TrialConfig.from_dict(settings)).validation)
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -115,6 +187,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", type=Path, default=grid.GRID_FILE)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--eval-step-ratio", type=float, help="t_eval / t_step [measured]")
     args = parser.parse_args()
     table = grid.load(args.grid)
     expected = len(grid.configurations())
@@ -130,31 +203,56 @@ def main() -> int:
     print(f"grid: {len(finals)} configurations x {steps} steps; best final eval_accuracy {best:.4f}; target "
           f">= {target:.4f} ({sum(v >= target for v in finals.values())} configurations reach it)")
 
+    settings = table["settings"]
+    ratio = args.eval_step_ratio or measured_eval_step_ratio(settings)
+    evals_per_config = len(next(iter(table_curves.values())))
+    per_config = statistics.median(run["seconds"] for run in table["runs"] if "seconds" in run)
+    t_step = per_config / (steps + evals_per_config * ratio)
+    t_eval = ratio * t_step
+    chance = validation_chance(settings)
+    print(f"cost model: t_eval / t_step = {ratio:.2f} ({'given' if args.eval_step_ratio else 'measured now'}); "
+          f"one grid configuration ({steps} steps + {evals_per_config} evaluations) = {per_config:.1f} s (the grid's "
+          f"median), so t_step = {t_step:.2f} s, t_eval = {t_eval:.2f} s; validation chance level {chance:.3f}")
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    results: dict[str, list[float]] = {}
+    results: dict[str, list[tuple[float, float, float]]] = {}  # steps, evaluations, seconds
     with tempfile.TemporaryDirectory() as storage:
-        for name, (sampler, early) in STRATEGIES.items():
+        for name, (sampler, early, policy) in STRATEGIES.items():
             for seed in range(args.seeds):
                 counter = StepCounter(target)
-                spec = spec_for(table, sampler, early, seed)
-                run_study(spec, f"{sampler}-{early}-{seed}", storage, trainable=replay_trainable(table_curves),
+                spec = spec_for(table, sampler, early, seed, policy)
+                trainable = replay_trainable(table_curves, spec, chance) if policy == "now" else \
+                    replay_trainable(table_curves)
+                run_study(spec, f"{sampler}-{early}-{policy}-{seed}", storage, trainable=trainable,
                           callbacks=[counter], stop=StopAtTarget(counter))
-                results.setdefault(name, []).append(counter.steps_to_target or float("inf"))
+                if counter.steps_to_target is None:
+                    results.setdefault(name, []).append((float("inf"),) * 3)
+                else:
+                    results.setdefault(name, []).append((counter.steps_to_target, counter.evaluations_to_target,
+                                                         counter.steps_to_target * t_step +
+                                                         counter.evaluations_to_target * t_eval))
             print(f"  {name}: {results[name]}", file=sys.stderr, flush=True)
     ray.shutdown()
 
-    full = len(finals) * steps
-    print(f"\ntraining steps to reach within {TOLERANCE} of the grid's best eval_accuracy (median of {args.seeds} "
-          f"seeds; inf = not reached within {len(finals)} trials)")
-    print("| strategy | median steps | of the full grid |\n|---|---|---|")
+    full_steps, full_evals = len(finals) * steps, len(finals) * evals_per_config
+    full_seconds = full_steps * t_step + full_evals * t_eval
+    print(f"\ncost to reach within {TOLERANCE} of the grid's best eval_accuracy (median of {args.seeds} seeds; "
+          f"inf = not reached)")
+    print("| strategy | median steps | median evaluations | median cost (s) | cost of the full grid |\n"
+          "|---|---|---|---|---|")
+    medians = {}
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:g} | {median / full:.1%} |")
-    print(f"| full grid | {full} | 100.0% |")
-    tpe_asha = statistics.median(results["TPE + ASHA (default)"])
-    random_plain = statistics.median(results["random, no early stopping"])
-    print(f"\ngoal TPE+ASHA <= 25% of the grid: {tpe_asha / full:.1%}; goal random without early stopping >= 2x "
-          f"TPE+ASHA: {random_plain / tpe_asha:.2f}x")
+        medians[name] = [statistics.median(v[i] for v in values) for i in range(3)]
+        m_steps, m_evals, m_seconds = medians[name]
+        print(f"| {name} | {m_steps:g} | {m_evals:g} | {m_seconds:.0f} | {m_seconds / full_seconds:.1%} |")
+    print(f"| full grid | {full_steps} | {full_evals} | {full_seconds:.0f} | 100.0% |")
+    now = medians["TPE + ASHA, now (default policy)"][2]
+    before = medians["TPE + ASHA, before"][2]
+    print(f"\ngoal TPE+ASHA with the current policy <= 10% of the full grid's cost: {now / full_seconds:.1%}; "
+          f"before: {before / full_seconds:.1%}; before / now = {before / now:.2f}x")
+    print(f"(steps only, as before issue 12: TPE+ASHA before {medians['TPE + ASHA, before'][0] / full_steps:.1%} "
+          f"of the grid's steps, random without early stopping "
+          f"{medians['random, no early stopping, before'][0] / medians['TPE + ASHA, before'][0]:.2f}x TPE+ASHA's)")
     for rung in sorted({p["step"] for c in table_curves.values() for p in c} - {steps}):
         early = [next(p["eval_accuracy"] for p in table_curves[k] if p["step"] == rung) for k in finals]
         print(f"Spearman rank correlation, eval_accuracy at step {rung} vs step {steps}: "

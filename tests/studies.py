@@ -13,9 +13,12 @@ MAX_STEPS = 12
 def space_file(tmp_path, tiny_trial, max_steps=MAX_STEPS, **study):
     trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
     trial.update(max_steps=max_steps, eval_every=2)
+    # The dead-trial rule would end many tiny-model trials at their first rung; these studies test ASHA, resume and
+    # tracking, so it is off unless a test turns it on.
+    study["scheduler"] = {"dead_trials": False, **study.get("scheduler", {"grace_period": 2, "reduction_factor": 2})}
     data = {
         "name": "tiny", "metric": "eval_accuracy", "mode": "max", "num_samples": 6, "max_concurrent": 2, "seed": 3,
-        "scheduler": {"grace_period": 2, "reduction_factor": 2}, "resources": {"cpus": 1, "gpus": 0},
+        "resources": {"cpus": 1, "gpus": 0},
         "trial": trial,
         "parameters": {
             "feature_map": {"type": "categorical", "choices": ["elu", "mlp"]},

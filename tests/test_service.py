@@ -100,7 +100,7 @@ def _trial_workers(ray_root: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if b"ray::ImplicitFunc" in (proc / "cmdline").read_bytes() and \
+            if b"ray::PTPlusTrial" in (proc / "cmdline").read_bytes() and \
                     f"RAY_TMPDIR={ray_root}".encode() in (proc / "environ").read_bytes():
                 pids.append(int(proc.name))
         except (OSError, ValueError):
@@ -145,10 +145,13 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
     assert run.info.status == "FINISHED"
     history = MlflowClient(tracking_server).get_metric_history(run.info.run_id, "eval_accuracy")
     assert sorted(m.step for m in history) == list(range(2, 81, 2))
+    losses = [m.step for m in MlflowClient(tracking_server).get_metric_history(run.info.run_id, "train_loss")]
+    assert len(losses) == len(set(losses))  # the retried attempt did not log a training-loss point twice
+    assert not (study / ".scratch").exists()  # the killed attempt's scratch went with the study's end
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--space", "nope"], "error: unknown space 'nope'; shipped spaces: compare, default, quick"),
+    (["--space", "nope"], "error: unknown space 'nope'; shipped spaces: compare, default, full, quick"),
     (["--space", "quick", "--address", "127.0.0.1:9"], "error: the Ray cluster at 127.0.0.1:9 does not answer"),
     (["--space", "quick", "--gpus-per-trial", "1"], "error: the space asks for 1 GPU(s) per trial but the Ray "
                                                     "cluster has 0"),
@@ -171,7 +174,8 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
     proc = run_cli(["--space", "default", "--num-samples", "7", "--dry-run", "--storage-path", str(tmp_path)],
                     ray_env())
     assert proc.returncode == 0, proc.stderr
-    assert "num_samples: 7" in proc.stdout and "ASHA may stop trials at steps [20]" in proc.stdout
+    assert "num_samples: 7" in proc.stdout and "ASHA may stop trials at steps [10, 30]" in proc.stdout
+    assert "trials evaluate at steps [10, 30, 60]" in proc.stdout and "dead trials" in proc.stdout
     assert list(tmp_path.iterdir()) == []
     proc = run_cli(["--space", "compare", "--dry-run", "--storage-path", str(tmp_path)], ray_env())
     assert "balance: method" in proc.stdout

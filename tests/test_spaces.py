@@ -9,19 +9,25 @@ from ptplus_tune.spaces import define_by_run, load_space, parse_space, shipped_s
 
 
 def test_shipped_spaces_load_and_round_trip():
-    assert {"default", "quick", "compare"} <= set(shipped_spaces())
+    assert {"default", "quick", "compare", "full"} <= set(shipped_spaces())
     for name in shipped_spaces():
         spec = load_space(name)
         again = parse_space(yaml.safe_load(spec.to_yaml()), source="again")
         assert again.to_data() == spec.to_data() and again.sha256 == spec.sha256
     default = load_space("default")
     assert {p.name for p in default.parameters} >= {"prefix_length", "feature_map", "learning_rate"}
-    assert set(default.parameter("feature_map").choices) == {"elu", "elu_plus_one", "gelu", "relu", "identity", "mlp"}
+    # elu_plus_one stays at chance at every learning rate on the grid: only the `full` space keeps all six maps.
+    assert set(default.parameter("feature_map").choices) == {"elu", "gelu", "relu", "identity", "mlp"}
+    assert set(load_space("full").parameter("feature_map").choices) == {"elu", "elu_plus_one", "gelu", "relu",
+                                                                         "identity", "mlp"}
     assert default.parameter("learning_rate").log
+    # Two decisions per trial, evaluations only there and at the end, start-up trials sized to the budget.
+    assert default.rungs == [10, 30] and default.trial_policy() == {"eval_steps": [10, 30], "dead_trial_step": 10}
+    assert "eval_every" not in default.trial and default.n_startup_trials == 4
 
 
 def test_unknown_space_name_lists_the_shipped_ones():
-    with pytest.raises(PTPlusError, match="unknown space 'nope'; shipped spaces: compare, default, quick"):
+    with pytest.raises(PTPlusError, match="unknown space 'nope'; shipped spaces: compare, default, full, quick"):
         load_space("nope")
 
 
@@ -126,3 +132,47 @@ def test_a_built_wheel_ships_the_spaces(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     for space in ("default", "quick", "compare"):
         assert f"ptplus_tune/search_spaces/{space}.yaml" in names
+
+
+def test_a_parameter_may_have_variants_per_condition(tmp_path):
+    """learning_rate with its own range per feature map: one variant enabled per trial, the same Optuna name."""
+    spec = load_space("default")
+    variants = [p for p in spec.parameters if p.name == "learning_rate"]
+    assert len(variants) == 2 and all(v.when for v in variants)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        define_by_run(spec)(trial)
+        ranges = {"elu": (2e-4, 3e-3), "gelu": (2e-4, 3e-3)}.get(trial.params["feature_map"], (1e-4, 1.5e-3))
+        assert ranges[0] <= trial.params["learning_rate"] <= ranges[1]
+        seen.add(trial.params["feature_map"])
+        study.tell(trial, 0.5)
+    assert seen == {"elu", "gelu", "relu", "identity", "mlp"}
+
+
+@pytest.mark.parametrize("variants, message", [
+    ([{"type": "float", "low": 1e-4, "high": 1e-3}, {"type": "float", "low": 1e-3, "high": 1e-2,
+                                                     "when": {"feature_map": "gelu"}}], "every variant needs a `when`"),
+    ([{"type": "float", "low": 1e-4, "high": 1e-3, "when": {"feature_map": ["elu", "gelu"]}},
+      {"type": "float", "low": 1e-3, "high": 1e-2, "when": {"feature_map": "gelu"}}], "two variants apply at once"),
+    ([{"type": "float", "low": 1e-4, "high": 1e-3, "log": True, "when": {"feature_map": "elu"}},
+      {"type": "float", "low": 1e-3, "high": 1e-2, "when": {"feature_map": "gelu"}}], "same log setting"),
+])
+def test_bad_variants_are_named(tmp_path, variants, message):
+    path = _write(tmp_path, {"feature_map": {"type": "categorical", "choices": ["elu", "gelu"]},
+                             "learning_rate": variants})
+    with pytest.raises(PTPlusError, match=f"{path}: parameter 'learning_rate': {message}"):
+        load_space(path)
+
+
+def test_startup_trials_and_the_dead_trial_rule_are_settings(tmp_path):
+    base = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}
+    assert [load_space(_write(tmp_path, base, num_samples=n)).n_startup_trials for n in (4, 16, 48, 200)] == \
+        [2, 4, 10, 10]
+    spec = load_space(_write(tmp_path, base, startup_trials=3, scheduler={"dead_trials": False, "grace_period": 5},
+                             trial={"max_steps": 40}))
+    assert spec.n_startup_trials == 3 and spec.rungs == [5, 15]
+    assert spec.trial_policy() == {"eval_steps": [5, 15], "dead_trial_step": None}
+    with pytest.raises(PTPlusError, match="scheduler.dead_trials: must be true or false"):
+        load_space(_write(tmp_path, base, scheduler={"dead_trials": "yes"}))

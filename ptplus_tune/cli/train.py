@@ -45,6 +45,10 @@ def _add_trial_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                help=f"[{default}]")
             continue
+        if typing.get_origin(hint) is list:
+            group.add_argument(flag, dest=field.name, type=int, nargs="+", default=None, metavar="STEP",
+                               help="[none]")
+            continue
         base = next((t for t in typing.get_args(hint) if t is not type(None)), hint)
         kind = _none_or(base) if type(None) in typing.get_args(hint) else base
         group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=base.__name__.upper(),

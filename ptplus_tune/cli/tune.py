@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -50,6 +49,8 @@ def build_tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-register", action="store_true", help="do not register the best adapter")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and plan, start nothing")
     parser.add_argument("--top", type=int, default=5, help="trials in the final table [5]")
+    parser.add_argument("-q", "--quiet", action="store_true", help="plain event lines instead of the live view "
+                        "(also the behaviour when the output is not a terminal)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     return parser
 
@@ -70,31 +71,32 @@ def _apply_overrides(spec, args) -> None:
     validate(spec)
 
 
-def _rungs(spec) -> list[int]:
-    if spec.scheduler.type == "none":
-        return []
-    rungs, t = [], spec.scheduler.grace_period
-    while t < spec.max_steps:
-        rungs.append(t)
-        t *= spec.scheduler.reduction_factor
-    return rungs
-
-
-def _plan(spec, name: str, path: Path) -> str:
+def _plan(spec, name: str, path: Path, concurrency: int | None = None) -> str:
     res = spec.resources
     sampler = "TPE" if spec.sampler == "tpe" else "random search"
-    stopping = (f"ASHA may stop trials at steps {_rungs(spec)} of {spec.max_steps}" if spec.scheduler.type == "asha"
+    if spec.sampler == "tpe":
+        sampler += f" after {spec.n_startup_trials} random start-up trials"
+    stopping = (f"ASHA may stop trials at steps {spec.rungs} of {spec.max_steps}" if spec.scheduler.type == "asha"
                 else f"no early stopping: every trial runs {spec.max_steps} steps")
+    policy = spec.trial_policy()
+    evaluations = sorted(set(policy["eval_steps"]) | {spec.max_steps})
+    every = spec.trial.get("eval_every")
+    stopping += f"; trials evaluate at steps {evaluations}" + (f" and every {every}" if every else "")
+    if policy["dead_trial_step"] is not None:
+        stopping += (f"; dead trials (chance-level accuracy at step {policy['dead_trial_step']}, NaN or exploding "
+                     f"loss) stop at once")
     balance = f"; trials take turns over {spec.balance} ({', '.join(map(str, spec.parameter(spec.balance).choices))})" \
         if spec.balance else ""
-    return (f"study {name}: {spec.num_samples} trials, {spec.max_concurrent} at a time, {res.cpus:g} CPU + "
+    if concurrency is None:
+        at_once = f"up to {spec.max_concurrent} at a time"
+    elif concurrency == 0:
+        at_once = f"none fits the cluster yet (up to {spec.max_concurrent} at a time once nodes join)"
+    else:
+        at_once = f"{concurrency} at a time" + (f" (max_concurrent {spec.max_concurrent}; the cluster has room for "
+                                                f"{concurrency})" if concurrency < spec.max_concurrent else "")
+    return (f"study {name}: {spec.num_samples} trials, {at_once}, {res.cpus:g} CPU + "
             f"{res.gpus:g} GPU each; {sampler} (seed {spec.seed}) optimises {spec.metric} ({spec.mode}){balance}; "
             f"{stopping}; state in {path}")
-
-
-class _ProgressPrinter(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {record.getMessage()}", file=sys.stderr, flush=True)
 
 
 def _table(result, top: int) -> str:
@@ -123,13 +125,16 @@ def default_registered_model(spec) -> str:
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
+    """Where to look: the experiment's runs page (the study run's description holds the ranked table)."""
+    page = f"#/experiments/{experiment_id}/runs"
     if uri.startswith(("http://", "https://")):
-        return f"open {uri.rstrip('/')}/#/experiments/{experiment_id}"
-    return f"ptplus-tune ui --tracking-uri {uri}   (then open http://127.0.0.1:5000/#/experiments/{experiment_id})"
+        return f"open {uri.rstrip('/')}/{page}"
+    return f"ptplus-tune ui --tracking-uri {uri}   (then open http://127.0.0.1:5000/{page})"
 
 
 def cmd_tune(args) -> int:
-    from ptplus_tune.service import check_gpus, connect, experiment_path, run_study
+    from ptplus_tune.cli import display
+    from ptplus_tune.service import check_gpus, concurrency, connect, experiment_path, run_study
     from ptplus_tune.service.study import check_new, saved_spec, saved_tracking_uri
     from ptplus_tune.spaces import load_space
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
@@ -156,23 +161,26 @@ def cmd_tune(args) -> int:
     check_reachable(tracking_uri)
     where = connect(args.address)
     check_gpus(spec.resources.gpus)
-    progress = logging.getLogger("ptplus_tune.progress")
-    progress.addHandler(_ProgressPrinter())
-    progress.setLevel(logging.INFO)
-    progress.propagate = False
-    print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path)}; on {where}", file=sys.stderr)
+    print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path, concurrency(spec))}; on {where}",
+          file=sys.stderr)
     started = time.time()
     target = open_study(tracking_uri, spec, name, resume=bool(args.resume))
-    result = run_study(spec, name, args.storage_path, resume=bool(args.resume), tracking=target)
+    view = display.attach(name, args.quiet)
+    try:
+        result = run_study(spec, name, args.storage_path, resume=bool(args.resume), tracking=target)
+    finally:
+        display.detach(view)
     registered_model = None if args.no_register else args.registered_model or default_registered_model(spec)
     print(f"logging the study to MLflow ({tracking_uri}) ...", file=sys.stderr)
     tracked = finish_study(target, result, spec, optuna_storage=f"sqlite:///{path / 'optuna.db'}",
                            registered_model=registered_model)
 
     counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
+    by_asha = sum(t.stop_reason == "asha" for t in result.trials)
+    dead = counts["early_stopped"] - by_asha
+    dead = f"{dead} stopped by the dead-trial rule, " if dead else ""
     print(f"\nstudy {name} done in {time.time() - started:.0f} s: {len(result.trials)} trials "
-          f"({counts['completed']} completed, {counts['early_stopped']} stopped early by ASHA, "
-          f"{counts['failed']} failed)")
+          f"({counts['completed']} completed, {by_asha} stopped early by ASHA, {dead}{counts['failed']} failed)")
     best = result.best
     if best is None:
         print("no trial reported a result")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -62,3 +63,15 @@ def check_gpus(gpus_per_trial: float) -> None:
     elif total < gpus_per_trial:
         raise PTPlusError(f"the space asks for {gpus_per_trial:g} GPU(s) per trial but the Ray cluster has {total:g}; "
                           f"use --gpus-per-trial 0 for CPU trials or connect to a cluster with GPUs (--address)")
+
+
+def concurrency(spec) -> int:
+    """Trials the cluster can run at once now: the space's max_concurrent, capped by the CPUs and GPUs it has
+    (0 when no node fits a trial yet, e.g. before the autoscaler's first GPU worker)."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits = [spec.max_concurrent, math.floor(have.get("CPU", 0) / spec.resources.cpus + 1e-9)]
+    if spec.resources.gpus > 0:
+        fits.append(math.floor(have.get("GPU", 0) / spec.resources.gpus + 1e-9))
+    return max(0, min(fits))

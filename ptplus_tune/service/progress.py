@@ -1,28 +1,65 @@
-"""Study progress as log records: a Ray Tune callback that counts trials and tracks the best result.
+"""Study progress: events (a trial started, finished, stopped, failed) and the live state of running trials.
 
-It logs (logger `ptplus_tune.progress`) instead of printing, so the CLI decides what the user sees, and it holds only
-picklable state, because Tune saves callbacks with the experiment and restores them on `--resume`.
+Trials post their current step and training loss to a small Ray actor (ProgressBoard, named after the study) about
+once a second; the StudyProgress callback on the driver reads it and keeps the study's state. Both leave through
+logging (logger `ptplus_tune.progress`: INFO records are events, DEBUG records on `ptplus_tune.progress.live` are
+periodic refreshes; every record carries the state as `record.state`), so the CLI decides what the user sees.
+The callback holds only picklable state, because Tune saves callbacks with the experiment and restores them on
+`--resume`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
+import ray
 from ray.tune import Callback
 
 from ptplus_tune.service.study import status_of
 
 log = logging.getLogger("ptplus_tune.progress")
+live_log = logging.getLogger("ptplus_tune.progress.live")
+REFRESH_S = 1.0
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Where trials post their live step and loss; the driver reads a snapshot."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, dict] = {}
+
+    def update(self, trial_id: str, info: dict) -> None:
+        self.live[trial_id] = info
+
+    def snapshot(self) -> dict[str, dict]:
+        return dict(self.live)
+
+
+def board_name(study: str) -> str:
+    return f"ptplus-progress-{study}"
+
+
+def open_board(study: str):
+    return ProgressBoard.options(name=board_name(study), get_if_exists=True).remote()
 
 
 class StudyProgress(Callback):
-    def __init__(self, metric: str, mode: str, max_steps: int):
-        self.metric, self.mode, self.max_steps = metric, mode, max_steps
-        self.running: set[str] = set()
+    def __init__(self, metric: str, mode: str, max_steps: int, study: str = "", concurrency: int | None = None):
+        self.metric, self.mode, self.max_steps, self.study = metric, mode, max_steps, study
+        self.concurrency = concurrency
+        self.running: dict[str, dict[str, Any]] = {}  # trial id -> live row
         self.finished: set[str] = set()
         self.stopped_early: set[str] = set()
         self.failed: set[str] = set()
         self.latest: dict[str, float] = {}  # each trial's last reported metric, as the final table ranks them
+        self._board = None
+        self._polled = 0.0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_board": None, "_polled": 0.0}
 
     @property
     def best(self) -> tuple[float, str] | None:
@@ -38,32 +75,75 @@ class StudyProgress(Callback):
         return (f"{len(self.running)} running, {len(self.finished)} finished, {len(self.stopped_early)} stopped "
                 f"early, {len(self.failed)} failed; {best}")
 
+    def state(self) -> dict[str, Any]:
+        now = time.time()
+        rows = []
+        for trial_id, row in sorted(self.running.items()):
+            step, first = row.get("step", 0), row.get("first_step")
+            rate = (step - first) / (now - row["clock"]) if first is not None and step > first else None
+            eta = (self.max_steps - step) / rate if rate else None
+            rows.append({**row, "trial_id": trial_id, "elapsed": now - row["started"], "eta": eta})
+        return {"metric": self.metric, "max_steps": self.max_steps, "running": len(self.running),
+                "finished": len(self.finished), "stopped": len(self.stopped_early), "failed": len(self.failed),
+                "best": self.best, "trials": rows, "concurrency": self.concurrency}
+
+    def _event(self, level: int, message: str, *args) -> None:
+        log.log(level, message, *args, extra={"state": self.state()})
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
-        log.info("trial %s started: %s | %s", trial.trial_id, _short(trial.config), self.status())
+        self.running[trial.trial_id] = {"config": _short(trial.config), "started": time.time(), "step": 0,
+                                        "first_step": None, "max_steps": self.max_steps}
+        self._event(logging.INFO, "trial %s started: %s | %s", trial.trial_id, _short(trial.config), self.status())
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         value = result.get(self.metric)
         if isinstance(value, (int, float)):
             self.latest[trial.trial_id] = value
+        row = self.running.get(trial.trial_id)
+        if row is not None:
+            row.update(step=result.get("step", row["step"]), eval=value, train_loss=result.get("train_loss"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        step = (trial.last_result or {}).get("step", 0)
+        self.running.pop(trial.trial_id, None)
+        last = trial.last_result or {}
+        step = last.get("step", 0)
         completed = status_of(step, self.max_steps) == "completed"
         (self.finished if completed else self.stopped_early).add(trial.trial_id)
-        how = "finished" if completed else f"stopped early at step {step}"
-        log.info("trial %s %s: %s=%s | %s", trial.trial_id, how, self.metric,
-                 _fmt((trial.last_result or {}).get(self.metric)), self.status())
+        how = "finished" if completed else f"stopped early at step {step} ({last.get('stop_reason') or 'asha'})"
+        self._event(logging.INFO, "trial %s %s: %s=%s | %s", trial.trial_id, how, self.metric,
+                    _fmt(last.get(self.metric)), self.status())
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        log.warning("trial %s failed; retrying it from its last checkpoint (step %s)", trial.trial_id,
-                    (trial.last_result or {}).get("step", 0))
+        self._event(logging.WARNING, "trial %s failed; retrying it from its last checkpoint (step %s)",
+                    trial.trial_id, (trial.last_result or {}).get("step", 0))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
+        self.running.pop(trial.trial_id, None)
         self.failed.add(trial.trial_id)
-        log.warning("trial %s failed | %s", trial.trial_id, self.status())
+        self._event(logging.WARNING, "trial %s failed | %s", trial.trial_id, self.status())
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        if now - self._polled < REFRESH_S:
+            return
+        self._polled = now
+        self._poll_board()
+        live_log.debug("refresh", extra={"state": self.state()})
+
+    def _poll_board(self) -> None:
+        if not self.study or not self.running:
+            return
+        try:
+            self._board = self._board or ray.get_actor(board_name(self.study))
+            live = ray.get(self._board.snapshot.remote(), timeout=0.5)
+        except Exception:  # no board (a benchmark's own trainable) or a slow one: the events still flow
+            return
+        for trial_id, info in live.items():
+            row = self.running.get(trial_id)
+            if row is not None and info.get("step", 0) >= row["step"]:
+                if row["first_step"] is None:  # the rate (for the ETA) counts from the first step seen
+                    row["first_step"], row["clock"] = info["step"], time.time()
+                row.update(step=info["step"], train_loss=info.get("train_loss"))
 
 
 def _fmt(value) -> str:

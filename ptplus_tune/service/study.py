@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ class TrialSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]  # the trial's last report
     status: str  # completed | early_stopped | failed
+    stop_reason: str | None = None  # early_stopped: `asha` or the dead-trial rule that fired (trial.rules)
     checkpoint: str | None = None  # its last checkpoint folder (holds `adapter/`)
     checkpoint_ref: Any = field(default=None, repr=False, compare=False)  # the ray.tune.Checkpoint itself
 
@@ -93,7 +95,8 @@ def build_searcher(spec: StudySpec, name: str, path: Path):
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
-        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed)
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed,
+                                             n_startup_trials=spec.n_startup_trials)
     # `balance`: partial points, enqueued in the Optuna study; each pins one parameter, the sampler proposes the rest.
     searcher = OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
                             study_name=name, storage=storage, points_to_evaluate=spec.balanced_points() or None)
@@ -117,15 +120,17 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised.
     `tracking`: a `ptplus_tune.tracking.Target`; each trial then writes its own MLflow run. `stop`: a Tune stopping
     condition (e.g. a `tune.Stopper`), for benchmarks that end a study once a target is reached."""
+    import ray
     from ray import tune
 
-    from ptplus_tune.service.progress import StudyProgress
-    from ptplus_tune.service.trainable import make_trainable
+    from ptplus_tune.service.progress import StudyProgress, board_name, open_board
+    from ptplus_tune.service.trainable import SCRATCH, make_trainable
 
     _quiet_tune()
     path = experiment_path(storage_path, name)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    runnable = tune.with_resources(trainable or make_trainable(spec, tracking), resources)
+    runnable = tune.with_resources(trainable or make_trainable(spec, tracking, str(path), board_name(name)),
+                                   resources)
     if tracking is not None:
         from ptplus_tune.tracking.callback import TrackTrialStatus
 
@@ -140,19 +145,26 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         _write_atomic(path / SPEC_FILE, spec.to_yaml())
         if tracking is not None:
             _write_atomic(path / TRACKING_FILE, tracking.uri)
+        progress = StudyProgress(spec.metric, spec.mode, spec.max_steps, study=name)
         tuner = tune.Tuner(
             runnable,
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=build_searcher(spec, name, path),
-                                        scheduler=build_scheduler(spec), num_samples=spec.num_samples),
+                                        scheduler=build_scheduler(spec), num_samples=spec.num_samples,
+                                        reuse_actors=True),  # warm workers: base model and data stay loaded
             run_config=tune.RunConfig(
                 name=name, storage_path=str(path.parent),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1), stop=stop,
-                callbacks=[StudyProgress(spec.metric, spec.mode, spec.max_steps), *callbacks],
+                callbacks=[progress, *callbacks],
                 verbose=0,
             ),
         )
-    grid = tuner.fit()
+    board = open_board(name)
+    try:
+        grid = tuner.fit()
+    finally:
+        ray.kill(board)
+        shutil.rmtree(path / SCRATCH, ignore_errors=True)
     return summarise(grid, name, path, spec)
 
 
@@ -174,11 +186,13 @@ def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:
     for r in grid:
         metrics = dict(r.metrics or {})
         status = "failed" if r.error is not None else status_of(metrics.get("step", 0), spec.max_steps)
+        reason = (metrics.get("stop_reason") or "asha") if status == "early_stopped" else None
         result.trials.append(TrialSummary(
             trial_id=metrics.get("trial_id") or os.path.basename(r.path),
             config={k: v for k, v in (r.config or {}).items()},
             metrics={k: v for k, v in metrics.items() if k != "config"},
             status=status,
+            stop_reason=reason,
             checkpoint=r.checkpoint.path if r.checkpoint else None,
             checkpoint_ref=r.checkpoint,
         ))

@@ -1,44 +1,135 @@
-"""The Ray Tune function trainable: one `run_trial` per Tune trial, reporting through `ray.tune.report`."""
+"""The Ray Tune trainable: one TrialSession per Tune trial, advanced evaluation by evaluation (`step`).
+
+A class trainable, so that Tune can reuse its actor (`reuse_actors`): `reset_config` takes the finished trial's
+adapter off the resident base model and starts the next trial on it; the base model, tokenizer, data and the MLflow
+client stay loaded for the worker's life (see ptplus_tune.trial.host). Checkpoints are Tune's (`save_checkpoint`,
+`load_checkpoint`), taken at every evaluation, so retries and resumed studies continue where they stopped.
+"""
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+import shutil
+import time
+from pathlib import Path
 from typing import Any
+
+from ray import tune
 
 from ptplus_tune.spaces import StudySpec
 
+SCRATCH = ".scratch"  # per-trial scratch folders inside the study's folder (never the system temp dir)
+PROGRESS_INTERVAL_S = 1.0
 
-def make_trainable(spec: StudySpec, tracking=None):
-    """`tracking`: a picklable `ptplus_tune.tracking.Target`; the trial then opens (or, when retried, reopens) its
-    own MLflow run, logs every report to it before Tune sees it, and logs its adapter at its final step."""
-    fixed: dict[str, Any] = dict(spec.trial)
+
+def trial_settings(spec: StudySpec) -> dict[str, Any]:
+    """The fixed settings of every trial: the space's `trial:` plus the study's evaluation policy."""
+    fixed = dict(spec.trial)
+    policy = spec.trial_policy()
+    fixed["eval_steps"] = sorted(set(fixed.get("eval_steps") or []) | set(policy["eval_steps"]))
+    fixed.setdefault("dead_trial_step", policy["dead_trial_step"])
+    return fixed
+
+
+def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None, board: str | None = None):
+    """`tracking`: a picklable `ptplus_tune.tracking.Target`; each trial then opens (or, when retried, reopens) its
+    own MLflow run, logs every report to it before Tune sees it, and logs its adapter at its final step.
+    `board`: the name of the study's ProgressBoard actor, which gets each trial's live step and loss."""
+    fixed = trial_settings(spec)
     threads = max(1, math.floor(spec.resources.cpus))
 
-    def ptplus_trial(config: dict[str, Any]) -> None:
-        import ray
-        from ray import tune
+    class PTPlusTrial(tune.Trainable):
+        def setup(self, config: dict[str, Any]) -> None:
+            import ray
 
-        from ptplus_tune.trial import TrialConfig, run_trial
+            self.node_id = ray.get_runtime_context().get_node_id()  # Tune's node_ip can't tell nodes on one host apart
+            self._board = None
+            self._begin(config)
 
-        trial_config = TrialConfig.from_dict({**fixed, **config, "num_threads": threads})
-        node_id = ray.get_runtime_context().get_node_id()  # Tune's node_ip cannot tell nodes on one host apart
-        run = None
-        if tracking is not None:
-            from ptplus_tune.tracking.trial_run import TrialRun
+        def _begin(self, config: dict[str, Any]) -> None:
+            from ptplus_tune.trial import TrialConfig, TrialSession, shared_host
 
-            run = TrialRun(tracking, tune.get_context().get_trial_id(), trial_config.hyperparameters())
+            started = time.perf_counter()
+            self.trial_config = TrialConfig.from_dict({**fixed, **config, "num_threads": threads})
+            self.run = None
+            if tracking is not None:
+                from ptplus_tune.tracking.trial_run import TrialRun
 
-        def report(metrics: dict, checkpoint_dir: str | None) -> None:
-            if run is not None:
-                run.log_metrics(metrics)
-                if checkpoint_dir and metrics["step"] >= trial_config.max_steps:
-                    run.log_adapter(checkpoint_dir, metrics["step"])
-            checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-            tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+                self.run = TrialRun(tracking, self.trial_id, self.trial_config.hyperparameters())
+            self._shown = 0.0
+            self._scratch = Path(study_path or self.logdir) / SCRATCH / self.trial_id
+            shutil.rmtree(self._scratch, ignore_errors=True)  # left by an attempt that was killed
+            self.session = TrialSession(self.trial_config, host=shared_host(), progress=self._progress,
+                                        on_log=self._on_log)
+            self.setup_s = time.perf_counter() - started  # config, MLflow run, adapter: a warm worker's is short
+            self._progress(0, self.trial_config.max_steps)
 
-        checkpoint = tune.get_checkpoint()  # set when Tune retries a failed trial or resumes a study
-        with checkpoint.as_directory() if checkpoint else nullcontext() as resume_from:
-            run_trial(trial_config, report=report, resume_from=resume_from)
+        def _progress(self, step: int, max_steps: int, force: bool = False) -> None:
+            if board is None or (not force and time.monotonic() - self._shown < PROGRESS_INTERVAL_S):
+                return
+            import ray
 
-    return ptplus_trial
+            self._shown = time.monotonic()
+            try:
+                self._board = self._board or ray.get_actor(board)
+            except ValueError:  # no board (the study's driver is gone): progress is a nicety, training goes on
+                return
+            session = getattr(self, "session", None)
+            loss = session.train_loss if session is not None else None
+            self._board.update.remote(self.trial_id, {"step": step, "max_steps": max_steps, "train_loss": loss})
+
+        def _on_log(self, point: dict) -> None:
+            if self.run is not None:
+                self.run.log_metrics(point, evaluation=False)
+
+        def step(self) -> dict[str, Any]:
+            metrics = self.session.advance()
+            if self.run is not None:
+                self.run.log_metrics(metrics)
+                if self.session.step >= self.trial_config.max_steps:
+                    self._log_adapter()
+            self._progress(self.session.step, self.trial_config.max_steps, force=True)
+            from ptplus_tune.trial import shared_host
+
+            worker = {"node_id": self.node_id, "setup_s": self.setup_s, "worker_model_loads": shared_host().model_loads}
+            return {**metrics, **worker, "should_checkpoint": True, "done": self.session.done}
+
+        def _log_adapter(self) -> None:
+            try:
+                folder = self.session.save(self._scratch / "final")
+                self.run.log_adapter(str(folder), self.session.step)
+            finally:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+
+        def save(self, checkpoint_dir: str | None = None):
+            # Tune stages a checkpoint in the system temp dir, which a killed worker leaves behind; stage it in the
+            # trial's scratch folder instead and drop it once Tune has persisted it to the study's storage.
+            if checkpoint_dir is not None:
+                return super().save(checkpoint_dir)
+            staging = self._scratch / "checkpoint"
+            try:
+                return super().save(str(staging))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            self.session.save(checkpoint_dir)
+
+        def load_checkpoint(self, checkpoint_dir: str) -> None:
+            self.session.restore(checkpoint_dir)
+            self._progress(self.session.step, self.trial_config.max_steps, force=True)
+
+        def reset_config(self, new_config: dict[str, Any]) -> bool:
+            self._end()
+            self._begin(new_config)
+            return True
+
+        def _end(self) -> None:
+            if getattr(self, "session", None) is not None:
+                self.session.close()
+                shutil.rmtree(self._scratch, ignore_errors=True)
+
+        def cleanup(self) -> None:
+            self._end()
+
+    return PTPlusTrial

@@ -24,7 +24,7 @@ PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_loss", "train_loss")
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
 _STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "sampler",
-               "balance", "scheduler", "resources", "trial", "parameters"}
+               "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}
 SAMPLERS = ("tpe", "random")  # Optuna's TPESampler (multivariate, grouped) or RandomSampler
 SCHEDULERS = ("asha", "none")  # ASHA early stopping, or every trial runs its full budget
 
@@ -47,6 +47,7 @@ class Scheduler:
     type: str = "asha"
     grace_period: int = 20  # training steps before ASHA may stop a trial
     reduction_factor: int = 3
+    dead_trials: bool = True  # the dead-trial rule (ptplus_tune.trial.rules), judged at the first rung
 
 
 @dataclass
@@ -66,6 +67,7 @@ class StudySpec:
     max_concurrent: int = 2
     seed: int = 0
     sampler: str = "tpe"
+    startup_trials: int | None = None  # TPE's random start-up trials; None: sized to the budget (n_startup_trials)
     balance: str | None = None  # a categorical parameter whose choices get equal numbers of trials
     scheduler: Scheduler = field(default_factory=Scheduler)
     resources: Resources = field(default_factory=Resources)
@@ -80,6 +82,33 @@ class StudySpec:
     def sha256(self) -> str:
         """Hash of the resolved study (after overrides), stable across key order and YAML formatting."""
         return hashlib.sha256(json.dumps(self.to_data(), sort_keys=True, default=str).encode()).hexdigest()
+
+    @property
+    def rungs(self) -> list[int]:
+        """The steps where the scheduler decides (ASHA's rungs: grace_period · rf^k below max_steps)."""
+        if self.scheduler.type == "none":
+            return []
+        rungs, t = [], self.scheduler.grace_period
+        while t < self.max_steps:
+            rungs.append(t)
+            t *= self.scheduler.reduction_factor
+        return rungs
+
+    @property
+    def n_startup_trials(self) -> int:
+        """Random trials before TPE models the results: a quarter of the budget, between 2 and 10 (Optuna's own
+        default is 10, most of a 16-trial study)."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return max(2, min(10, self.num_samples // 4))
+
+    def trial_policy(self) -> dict[str, Any]:
+        """Trial settings the study adds: evaluate at the rungs (plus max_steps, plus any `eval_every`), and the
+        dead-trial rule at the first decision point."""
+        first = (self.rungs or [self.scheduler.grace_period])[0]
+        dead = self.scheduler.dead_trials and first <= self.max_steps
+        steps = sorted(set(self.rungs) | ({first} if dead else set()))
+        return {"eval_steps": steps, "dead_trial_step": first if dead else None}
 
     def parameter(self, name: str) -> Parameter | None:
         return next((p for p in self.parameters if p.name == name), None)
@@ -105,10 +134,14 @@ class StudySpec:
                 raw["value"] = p.value
             if p.when:
                 raw["when"] = p.when
-            params[p.name] = raw
+            if p.name in params:  # variants of one parameter, each under its own condition
+                params[p.name] = (params[p.name] if isinstance(params[p.name], list) else [params[p.name]]) + [raw]
+            else:
+                params[p.name] = raw
         return {"name": self.name, "description": self.description, "metric": self.metric, "mode": self.mode,
                 "num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
                 "sampler": self.sampler, **({"balance": self.balance} if self.balance else {}),
+                **({"startup_trials": self.startup_trials} if self.startup_trials is not None else {}),
                 "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
                 "trial": dict(self.trial), "parameters": params}
 
@@ -196,6 +229,26 @@ def _parse_parameter(source: str, name: str, raw: Any) -> Parameter:
     return param
 
 
+def _check_variants(source: str, params: list[Parameter]) -> None:
+    """A name given as a list of variants: each under a `when` on the same parents, never two enabled at once,
+    all of one numeric type and scale (Optuna keeps one distribution kind per name; the ranges may differ)."""
+    by_name: dict[str, list[Parameter]] = {}
+    for p in params:
+        by_name.setdefault(p.name, []).append(p)
+    for name, variants in by_name.items():
+        if len(variants) < 2:
+            continue
+        where = f"parameter {name!r}"
+        if any(not v.when for v in variants) or len({tuple(sorted(v.when)) for v in variants}) > 1:
+            _fail(source, where, "every variant needs a `when` on the same parameter(s)")
+        if len({(v.type, v.log) for v in variants}) > 1 or variants[0].type not in ("float", "int", "fixed"):
+            _fail(source, where, "variants must all be float, all int (same log setting) or all fixed")
+        for i, a in enumerate(variants):
+            for b in variants[i + 1:]:
+                if all(set(a.when[k]) & set(b.when[k]) for k in a.when):
+                    _fail(source, where, f"two variants apply at once (when {a.when} and when {b.when})")
+
+
 def parse_space(data: Any, source: str = "<space>", default_name: str = "study") -> StudySpec:
     if not isinstance(data, dict):
         _fail(source, "top level", "expected a mapping with at least `parameters`")
@@ -212,7 +265,11 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
     for name in list(raw_params) + list(trial):
         if name not in trial_keys:
             _fail(source, f"parameter {name!r}", f"not a trial setting; known: {', '.join(sorted(trial_keys))}")
-    params = [_parse_parameter(source, name, raw) for name, raw in raw_params.items()]
+    params = []
+    for name, raw in raw_params.items():
+        params += [_parse_parameter(source, name, r) for r in raw] if isinstance(raw, list) and raw and all(
+            isinstance(r, dict) for r in raw) else [_parse_parameter(source, name, raw)]
+    _check_variants(source, params)
     seen: list[str] = []
     for p in params:
         for parent, values in p.when.items():
@@ -237,15 +294,18 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
     spec.mode = data.get("mode", "min" if spec.metric.endswith("loss") else "max")
     if spec.mode not in ("min", "max"):
         _fail(source, "mode", f"must be min or max, got {spec.mode!r}")
-    for key in ("num_samples", "max_concurrent", "seed"):
+    for key in ("num_samples", "max_concurrent", "seed", "startup_trials"):
         if key in data:
             setattr(spec, key, _number(source, key, data[key], int))
     spec.sampler = data.get("sampler", spec.sampler)
     spec.balance = data.get("balance")
     sched = data.get("scheduler") or {}
-    if set(sched) - {"type", "grace_period", "reduction_factor"}:
-        _fail(source, "scheduler", "only type, grace_period and reduction_factor (max budget is trial.max_steps)")
-    spec.scheduler = Scheduler(type=sched.get("type", "asha"),
+    if set(sched) - {"type", "grace_period", "reduction_factor", "dead_trials"}:
+        _fail(source, "scheduler", "only type, grace_period, reduction_factor and dead_trials (max budget is "
+              "trial.max_steps)")
+    if not isinstance(sched.get("dead_trials", True), bool):
+        _fail(source, "scheduler.dead_trials", f"must be true or false, got {sched['dead_trials']!r}")
+    spec.scheduler = Scheduler(type=sched.get("type", "asha"), dead_trials=sched.get("dead_trials", True),
                                **{k: _number(source, f"scheduler.{k}", v, int) for k, v in sched.items()
                                   if k in ("grace_period", "reduction_factor")})
     res = data.get("resources") or {}
@@ -272,6 +332,8 @@ def validate(spec: StudySpec) -> None:
         _fail(src, "resources", "cpus must be > 0 and gpus >= 0")
     if spec.resources.gpus > 1 and not math.isclose(spec.resources.gpus, round(spec.resources.gpus)):
         _fail(src, "resources.gpus", "above 1, GPUs per trial must be a whole number")
+    if spec.startup_trials is not None and spec.startup_trials < 0:
+        _fail(src, "startup_trials", "must be >= 0")
     if spec.sampler not in SAMPLERS:
         _fail(src, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {spec.sampler!r}")
     if spec.balance is not None:

@@ -20,19 +20,21 @@ class TrackTrialStatus(Callback):
     def __getstate__(self):  # Tune pickles callbacks with the experiment; a client is rebuilt after restore
         return {**self.__dict__, "_client": None}
 
-    def _mark(self, trial, status: str) -> None:
+    def _mark(self, trial, status: str, stop_reason: str | None = None) -> None:
         from ptplus_tune.tracking.study_run import mark_trial
 
         try:
             self._client = self._client or client(self.target.uri)
-            mark_trial(self._client, self.target, trial.trial_id, status, trial.config)
+            mark_trial(self._client, self.target, trial.trial_id, status, trial.config, stop_reason)
         except Exception as exc:  # tracking trouble must not stop the study; finish_study marks it again
             log.warning("could not record trial %s as %s in MLflow: %s", trial.trial_id, status, exc)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from ptplus_tune.service.study import status_of
 
-        self._mark(trial, status_of((trial.last_result or {}).get("step", 0), self.max_steps))
+        last = trial.last_result or {}
+        status = status_of(last.get("step", 0), self.max_steps)
+        self._mark(trial, status, (last.get("stop_reason") or "asha") if status == "early_stopped" else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._mark(trial, "failed")

@@ -28,6 +28,40 @@ def log_trials_table(mlflow_client, run_id: str, result, runs: dict) -> None:
         mlflow_client.log_artifact(run_id, str(path))
 
 
+def study_note(result, spec, runs: dict, top: int = 10) -> str:
+    """The study run's description (`mlflow.note.content`, markdown): what was searched, the ranked trials with a
+    link to each run, and the best configuration."""
+    ranked = sorted((t for t in result.trials if isinstance(t.metrics.get(result.metric), (int, float))),
+                    key=lambda t: t.metrics[result.metric], reverse=result.mode == "max")
+    params = sorted({k for t in ranked[:top] for k in t.config})
+    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
+    lines = [f"**{result.name}**: {spec.description}".rstrip(": "), "",
+             f"{len(result.trials)} trials: {counts['completed']} completed, {counts['early_stopped']} stopped early, "
+             f"{counts['failed']} failed. Metric: `{result.metric}` ({result.mode}).", "",
+             "| trial | run | status | " + " | ".join([result.metric, "step", *params]) + " |",
+             "|" + "---|" * (5 + len(params))]
+    for t in ranked[:top]:
+        run = runs.get(t.trial_id)
+        link = f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" if run else ""
+        status = t.status + (f" ({t.stop_reason})" if t.stop_reason else "")
+        lines.append(f"| {t.trial_id} | {link} | {status} | {t.metrics[result.metric]:.4f} | "
+                     f"{t.metrics.get('step', '')} | " + " | ".join(_cell(t.config.get(p)) for p in params) + " |")
+    best = result.best
+    if best is not None:
+        lines += ["", f"**Best**: trial {best.trial_id}, {result.metric} {best.metrics[result.metric]:.4f} at step "
+                      f"{best.metrics.get('step')}:", ""]
+        lines += [f"- `{k}`: {v}" for k, v in sorted(best.config.items())]
+    lines += ["", "Compare the trials: select their runs in the Runs table (the study's child runs) and press "
+                  "*Compare*; `trials.csv` and `plots/` are this run's artifacts."]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def log_plots(mlflow_client, run_id: str, optuna_storage: str, study_name: str) -> None:
     """Optuna's optimisation history, parallel coordinates and parameter importances as PNGs under plots/."""
     import warnings

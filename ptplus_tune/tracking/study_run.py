@@ -14,11 +14,14 @@ from typing import Any
 from ptplus_tune.data import EMBEDDED_DATASET
 from ptplus_tune.data.identity import dataset_identity, model_identity
 from ptplus_tune.errors import PTPlusError
-from ptplus_tune.tracking.target import (MODEL_URI, SPACE_SHA256, STATUS, STUDY, TRIAL_ID, Target, check_reachable,
-                                         child_runs, client, trial_run)
+from ptplus_tune.tracking.target import (MODEL_URI, SPACE_SHA256, STATUS, STOP_REASON, STUDY, TRIAL_ID, Target,
+                                         check_reachable, child_runs, client, trial_run)
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("ptplus-tune", "torch", "transformers", "peft", "ray", "optuna", "mlflow", "datasets")
+# The MLflow UI opens a model-training experiment on its runs, not on the GenAI traces overview.
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+NOTE = "mlflow.note.content"  # a run's description in the UI, rendered as markdown
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED"}
 EVALUATION_KEYS = ("dataset", "text_column", "label_column", "validation_size", "test_size", "data_seed",
                    "prompt_template", "target_template", "max_length")
@@ -67,17 +70,19 @@ def open_study(uri: str, spec, name: str, resume: bool) -> Target:
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         raise PTPlusError(f"the MLflow experiment {name!r} at {uri} was deleted; restore it or choose another --name")
     parent = None
+    if experiment is not None and experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     if experiment is not None:
         found = mlflow_client.search_runs([experiment.experiment_id], f"tags.`{STUDY}` = '{name}'", max_results=1)
         parent = found[0] if found else None
         if parent is not None and not resume:
             raise PTPlusError(f"MLflow at {uri} already has a study {name!r}; choose another --name")
     experiment_id = experiment.experiment_id if experiment else mlflow_client.create_experiment(
-        name, tags={STUDY: name})
+        name, tags={STUDY: name, EXPERIMENT_KIND: MODEL_TRAINING})
     if parent is None:
         parent = mlflow_client.create_run(experiment_id, run_name=name,
                                           tags={STUDY: name, SPACE_SHA256: spec.sha256, **_versions(),
-                                                "mlflow.note.content": spec.description or ""})
+                                                NOTE: spec.description or ""})
         _log_params(mlflow_client, parent.info.run_id, _study_params(spec))
         mlflow_client.log_text(parent.info.run_id, spec.to_yaml(), "study_space.yaml")
     else:
@@ -86,10 +91,14 @@ def open_study(uri: str, spec, name: str, resume: bool) -> Target:
     return Target(uri, experiment_id, parent.info.run_id, name)
 
 
-def mark_trial(mlflow_client, target: Target, trial_id: str, status: str, config: dict[str, Any]) -> Any:
-    """Record what Ray says happened to a trial: the status tag, and its run ended (created if it never started)."""
+def mark_trial(mlflow_client, target: Target, trial_id: str, status: str, config: dict[str, Any],
+               stop_reason: str | None = None) -> Any:
+    """Record what Ray says happened to a trial: the status tag (and why it stopped early), and its run ended
+    (created if it never started)."""
     run = trial_run(mlflow_client, target, trial_id, config)
     mlflow_client.set_tag(run.info.run_id, STATUS, status)
+    if stop_reason:
+        mlflow_client.set_tag(run.info.run_id, STOP_REASON, stop_reason)
     if run.info.status == "RUNNING":
         mlflow_client.set_terminated(run.info.run_id, RUN_STATUS[status])
     return run
@@ -119,12 +128,12 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
     trials table and plots; the best adapter is registered under `registered_model` (None: not registered)."""
     from ptplus_tune.tracking.pyfunc import log_adapter
     from ptplus_tune.tracking.registry import register
-    from ptplus_tune.tracking.report import log_plots, log_trials_table
+    from ptplus_tune.tracking.report import log_plots, log_trials_table, study_note
 
     mlflow_client = client(target.uri)
     runs = {}
     for trial in result.trials:
-        run = mark_trial(mlflow_client, target, trial.trial_id, trial.status, trial.config)
+        run = mark_trial(mlflow_client, target, trial.trial_id, trial.status, trial.config, trial.stop_reason)
         if MODEL_URI not in run.data.tags and trial.checkpoint_ref is not None:
             # A trial ASHA stopped (or that failed) cannot log its adapter itself; its last checkpoint holds it.
             with trial.checkpoint_ref.as_directory() as folder:
@@ -137,6 +146,7 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
     report = TrackingReport(target.experiment_id, target.parent_run_id)
     parent = target.parent_run_id
     log_trials_table(mlflow_client, parent, result, runs)
+    mlflow_client.set_tag(parent, NOTE, study_note(result, spec, runs)[:7900])  # MLflow's tag size limit
     if optuna_storage:
         log_plots(mlflow_client, parent, optuna_storage, target.study)
     best = result.best

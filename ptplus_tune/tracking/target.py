@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Tags (see DESIGN.md): on trial runs and on the study's parent run.
 TRIAL_ID = "ptplus.trial_id"
 STATUS = "ptplus.status"  # completed | early_stopped | failed
+STOP_REASON = "ptplus.stop_reason"  # early_stopped: asha, or the dead-trial rule that fired (trial.rules)
 STUDY = "ptplus.study"
 SPACE_SHA256 = "ptplus.space_sha256"
 MODEL_URI = "ptplus.model_uri"  # the trial's logged adapter model, once it has one

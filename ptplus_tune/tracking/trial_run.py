@@ -27,21 +27,29 @@ class TrialRun:
         self.run_id = run.info.run_id
         # A retried trial restarts from its last checkpoint, whose report may already be logged: never log a step twice.
         self.logged_step = run.data.metrics.get("step", 0)
+        self.logged_loss_step = self.logged_step  # train-loss-only points (between evaluations), same rule
+        if "train_loss" in run.data.metrics:  # reopened: points logged after its last checkpoint are there already
+            history = self.client.get_metric_history(self.run_id, "train_loss")
+            self.logged_loss_step = max([self.logged_step, *(m.step for m in history)])
         self.has_model = MODEL_URI in run.data.tags
         if run.info.status != "RUNNING":
             self.client.update_run(self.run_id, status="RUNNING")
 
-    def log_metrics(self, metrics: dict[str, Any]) -> None:
+    def log_metrics(self, metrics: dict[str, Any], evaluation: bool = True) -> None:
+        """An evaluation's report, or (`evaluation=False`) a training-loss point between evaluations."""
         from mlflow.entities import Metric
 
         step = int(metrics["step"])
-        if step <= self.logged_step:
+        if step <= (self.logged_step if evaluation else self.logged_loss_step):
             return
         now = int(time.time() * 1000)
+        # "step" is the last evaluation's step (a reopened run resumes from it), so loss points leave it alone.
         batch = [Metric(key, float(value), now, step) for key, value in sorted(metrics.items())
-                 if isinstance(value, (int, float)) and not isinstance(value, bool)]
+                 if isinstance(value, (int, float)) and not isinstance(value, bool) and (evaluation or key != "step")]
         self.client.log_batch(self.run_id, metrics=batch)
-        self.logged_step = step
+        self.logged_loss_step = max(self.logged_loss_step, step)
+        if evaluation:
+            self.logged_step = step
 
     def log_adapter(self, checkpoint_dir: str, step: int) -> None:
         if self.has_model:  # logged by an earlier attempt of this trial that died right after

@@ -40,25 +40,36 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def write_checkpoint(parent: str | os.PathLike, *, model, optimizer, scheduler, step: int, microbatches: int,
-                     hyperparameters: dict[str, Any], task: dict[str, Any] | None = None,
-                     extra: dict[str, Any] | None = None) -> Path:
-    """A new checkpoint folder under `parent`; complete or absent, never half-written."""
-    Path(parent).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=parent))
+def save_state(folder: str | os.PathLike, *, model, optimizer, scheduler, step: int, microbatches: int,
+               hyperparameters: dict[str, Any], task: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint's files into `folder` (which the caller makes atomic or throws away)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     torch.save({
         "step": step, "microbatches": microbatches, "trainable": trainable_state(model),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
         "extra": extra or {},
-    }, tmp / STATE_FILE)
-    (tmp / CONFIG_FILE).write_text(json.dumps(hyperparameters, sort_keys=True, indent=1))
-    model.save_pretrained(tmp / ADAPTER_DIR)  # the adapter as users load it, so any checkpoint can be shipped
+    }, folder / STATE_FILE)
+    (folder / CONFIG_FILE).write_text(json.dumps(hyperparameters, sort_keys=True, indent=1))
+    model.save_pretrained(folder / ADAPTER_DIR)  # the adapter as users load it, so any checkpoint can be shipped
     if task is not None:
-        (tmp / TASK_FILE).write_text(json.dumps(task, indent=1))
-    final = Path(parent) / f"checkpoint_{step:06d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        (folder / TASK_FILE).write_text(json.dumps(task, indent=1))
+    return folder
+
+
+def write_checkpoint(parent: str | os.PathLike, **state: Any) -> Path:
+    """A new checkpoint folder `checkpoint_<step>` under `parent`; complete or absent, never half-written."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=parent))
+    try:
+        save_state(tmp, **state)
+        final = Path(parent) / f"checkpoint_{state['step']:06d}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

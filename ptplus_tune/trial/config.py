@@ -50,8 +50,12 @@ class TrialConfig:
     validation_size: int = 150
     test_size: int = 300
     data_seed: int = 0
-    # evaluation and execution
-    eval_every: int = 20
+    # evaluation and execution: evaluate at `eval_steps` (a study passes its scheduler's rungs), every `eval_every`
+    # steps if set, and always at max_steps; the training loss is logged every `log_every` steps (cheap)
+    eval_steps: list[int] = dataclasses.field(default_factory=list)
+    eval_every: int | None = None
+    log_every: int = 5
+    dead_trial_step: int | None = None  # the dead-trial rule (trial.rules) is on, judged at this step; None: off
     eval_batch_size: int = 16
     eval_test: bool = False
     eval_generate: bool = False
@@ -59,12 +63,19 @@ class TrialConfig:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        positive = ("prefix_length", "lora_r", "batch_size", "grad_accum", "max_steps", "max_length", "eval_every",
+        positive = ("prefix_length", "lora_r", "batch_size", "grad_accum", "max_steps", "max_length", "log_every",
                     "eval_batch_size", "validation_size", "test_size")
-        for name in positive:
+        optional = ("eval_every", "dead_trial_step")
+        for name in positive + optional:
             value = getattr(self, name)
+            if name in optional and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PTPlusError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.eval_steps, (list, tuple)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.max_steps for s in self.eval_steps):
+            raise PTPlusError(f"eval_steps must be a list of steps between 1 and max_steps ({self.max_steps}), "
+                              f"got {self.eval_steps!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             raise PTPlusError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -74,6 +85,9 @@ class TrialConfig:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise PTPlusError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         check_hyperparameters(self.hyperparameters())  # adapter settings fail here, before a model is loaded
+
+    def is_eval_step(self, step: int) -> bool:
+        return step == self.max_steps or step in self.eval_steps or bool(self.eval_every and step % self.eval_every == 0)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in HYPERPARAMETERS}

@@ -1,4 +1,4 @@
-"""One trial: train an adapter on labelled data, evaluate every `eval_every` steps, checkpoint, report.
+"""One trial: train an adapter on labelled data, evaluate where decisions are made, checkpoint, report.
 
 No Ray and no MLflow here: results leave through `report(metrics, checkpoint_dir)`, so the same code runs
 standalone (`ptplus-tune train`) and as a Ray Tune trainable.
@@ -7,6 +7,7 @@ standalone (`ptplus-tune train`) and as a Ray Tune trainable.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import resource
@@ -15,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,9 +25,11 @@ from transformers import get_cosine_schedule_with_warmup
 from ptplus_tune.adapter import build_adapter, count_trainable_parameters
 from ptplus_tune.data import PromptEncoder, Splits, collate, load_base_model, load_labelled, make_splits
 from ptplus_tune.errors import PTPlusError
-from ptplus_tune.trial.checkpoint import read_checkpoint, restore, write_checkpoint
+from ptplus_tune.trial import rules
+from ptplus_tune.trial.checkpoint import read_checkpoint, restore, save_state, write_checkpoint
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
+from ptplus_tune.trial.host import release
 from ptplus_tune.trial.predict import task_description
 
 log = logging.getLogger(__name__)
@@ -88,80 +91,172 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; whole process
 
 
+class TrialSession:
+    """One configuration's training, advanced from evaluation to evaluation (`advance`), checkpointable at each.
+
+    `host`: a ModelHost whose resident base model and data the trial uses (and hands back with `close`); `base`:
+    an already loaded (model, tokenizer); neither: the trial loads its own. `progress(step, max_steps)` is called
+    after every optimiser step, `on_log({"step", "train_loss"})` at every `log_every` step that is not an evaluation.
+    """
+
+    def __init__(self, config: TrialConfig, *, host=None, base=None, progress: Callable[[int, int], None] | None = None,
+                 on_log: Callable[[dict], None] | None = None):
+        self.config, self.host, self.progress, self.on_log = config, host, progress, on_log
+        torch.set_num_threads(config.num_threads or len(os.sched_getaffinity(0)))
+        self.device, dtype = pick_device(config.device)
+        self.splits = host.splits(config) if host else load_splits(config)  # data errors surface before the model
+        if base is None:
+            base = host.base(config.model, self.device, dtype) if host else \
+                load_base_model(config.model, device=str(self.device), dtype=dtype)
+        model, tokenizer = base
+        self.pad_id = tokenizer.pad_token_id
+        self.encoder = PromptEncoder(tokenizer, config.max_length, config.prompt_template, config.target_template)
+        self.train_items = [self.encoder.encode(ex.text, ex.label) for ex in self.splits.train]
+        self.hyperparameters = config.hyperparameters()
+        self.task = task_description(config, self.splits.labels)
+        seed_everything(config.seed)
+        self.model = build_adapter(model, self.hyperparameters).to(self.device)
+        self.model.train()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, round(config.warmup_ratio * config.max_steps),
+                                                         config.max_steps)
+        self.order = DataOrder(len(self.train_items), config.batch_size, config.seed)
+        self.trainable = count_trainable_parameters(self.model)
+        self.chance = rules.majority_share(self.splits.validation)
+        self.step = self.microbatches = 0
+        self.first_window_loss: float | None = None  # the explosion rule's reference
+        self.dead_checked = False
+        self.stop_reason: str | None = None
+        self.train_loss = float("nan")
+        self._window: list[float] = []
+        self._tokens, self._train_seconds = 0, 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.max_steps or self.stop_reason is not None
+
+    def restore(self, checkpoint_dir: str | os.PathLike) -> None:
+        state = read_checkpoint(checkpoint_dir, self.hyperparameters)
+        restore(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step, self.microbatches = state["step"], state["microbatches"]
+        extra = state.get("extra") or {}
+        self.first_window_loss = extra.get("first_window_loss")
+        self.dead_checked = extra.get("dead_checked", False)
+        if self.step >= self.config.max_steps:
+            raise PTPlusError(f"checkpoint {checkpoint_dir} is at step {self.step}, max_steps is "
+                              f"{self.config.max_steps}: nothing left to train")
+        log.info("resumed from %s at step %d", checkpoint_dir, self.step)
+
+    def _state(self) -> dict:
+        return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, step=self.step,
+                    microbatches=self.microbatches, hyperparameters=self.hyperparameters, task=self.task,
+                    extra={"first_window_loss": self.first_window_loss, "dead_checked": self.dead_checked})
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """The checkpoint's files, written into `folder`."""
+        return save_state(folder, **self._state())
+
+    def write_checkpoint(self, parent: str | os.PathLike) -> Path:
+        """A new complete checkpoint folder under `parent`."""
+        return write_checkpoint(parent, **self._state())
+
+    def _train_step(self) -> float:
+        config, started, losses = self.config, time.perf_counter(), []
+        for _ in range(config.grad_accum):
+            batch = collate([self.train_items[i] for i in self.order.batch(self.microbatches)], self.pad_id)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            loss = self.model(**batch).loss
+            (loss / config.grad_accum).backward()
+            losses.append(loss.item())
+            self._tokens += int(batch["attention_mask"].sum())
+            self.microbatches += 1
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self._train_seconds += time.perf_counter() - started
+        return sum(losses) / len(losses)
+
+    def advance(self) -> dict[str, Any]:
+        """Train up to the next evaluation (or until the dead-trial rule fires), evaluate, return the metrics."""
+        config = self.config
+        if self.done:
+            raise RuntimeError("the trial is done; nothing left to advance")
+        rule_on = config.dead_trial_step is not None
+        while True:
+            loss = self._train_step()
+            self._window.append(loss)
+            if self.progress:
+                self.progress(self.step, config.max_steps)
+            evaluate_now = config.is_eval_step(self.step)
+            if rule_on and not math.isfinite(loss):
+                self.stop_reason = rules.NON_FINITE_LOSS
+            elif self.step % config.log_every == 0 or evaluate_now:
+                self.train_loss = sum(self._window) / len(self._window)
+                self._window = []
+                if rule_on:
+                    self.stop_reason = rules.loss_verdict(self.train_loss, self.first_window_loss)
+                if self.first_window_loss is None:
+                    self.first_window_loss = self.train_loss
+                if not (evaluate_now or self.stop_reason) and self.on_log:
+                    self.on_log({"step": self.step, "train_loss": self.train_loss})
+            if self.stop_reason is not None:
+                if self._window:
+                    self.train_loss, self._window = sum(self._window) / len(self._window), []
+                return self._evaluate()
+            if evaluate_now:
+                return self._evaluate()
+
+    def _evaluate(self) -> dict[str, Any]:
+        config = self.config
+        evaluation = evaluate(self.model, self.encoder, self.splits.validation, self.splits.labels,
+                              config.eval_batch_size, self.device)
+        metrics: dict[str, Any] = {
+            "step": self.step, "train_loss": self.train_loss, "eval_loss": evaluation["loss"],
+            "eval_accuracy": evaluation["accuracy"], "tokens_per_s": self._tokens / max(self._train_seconds, 1e-9),
+            "peak_mem_mb": peak_memory_mb(self.device), "trainable_params": self.trainable,
+        }
+        if (config.dead_trial_step is not None and not self.dead_checked and self.step >= config.dead_trial_step
+                and self.stop_reason is None):
+            self.dead_checked = True
+            self.stop_reason = rules.accuracy_verdict(evaluation["accuracy"], self.chance)
+        if self.step == config.max_steps:
+            metrics.update(_final_metrics(config, self.model, self.encoder, self.splits, self.device))
+        elif self.stop_reason is not None:
+            metrics["stop_reason"] = self.stop_reason
+            log.info("trial stopped at step %d: %s", self.step, self.stop_reason)
+        self._tokens, self._train_seconds = 0, 0.0
+        return metrics
+
+    def close(self) -> None:
+        """Hand the base model back to the host without this trial's adapter (a no-op without a host)."""
+        if self.host is not None and self.model is not None:
+            release(self.model)
+            self.model = None
+
+
 def run_trial(config: TrialConfig, report: Report | None = None, resume_from: str | None = None,
               progress: Callable[[int, int], None] | None = None, base=None) -> TrialResult:
     """Train and evaluate one configuration. `base`: an already loaded (model, tokenizer) to use instead of
     `config.model`. Every evaluation is passed to `report` with a checkpoint folder that exists only during the
-    call (copy what you keep)."""
-    threads = config.num_threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
-    device, dtype = pick_device(config.device)
-    splits = load_splits(config)  # data errors surface before the model loads
-    model, tokenizer = base if base is not None else load_base_model(config.model, device=str(device), dtype=dtype)
-    encoder = PromptEncoder(tokenizer, config.max_length, config.prompt_template, config.target_template)
-    train_items = [encoder.encode(ex.text, ex.label) for ex in splits.train]
-
-    hyperparameters = config.hyperparameters()
-    task = task_description(config, splits.labels)
-    seed_everything(config.seed)
-    model = build_adapter(model, hyperparameters).to(device)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_ratio * config.max_steps),
-                                                config.max_steps)
-    step, microbatches = 0, 0
+    call (copy what you keep); it lives in a scratch folder that is removed on every exit path."""
+    session = TrialSession(config, base=base, progress=progress)
     if resume_from:
-        state = read_checkpoint(resume_from, hyperparameters)
-        restore(state, model=model, optimizer=optimizer, scheduler=scheduler)
-        step, microbatches = state["step"], state["microbatches"]
-        if step >= config.max_steps:
-            raise PTPlusError(f"checkpoint {resume_from} is at step {step}, max_steps is {config.max_steps}: "
-                              f"nothing left to train")
-        log.info("resumed from %s at step %d", resume_from, step)
-
-    order = DataOrder(len(train_items), config.batch_size, config.seed)
-    trainable = count_trainable_parameters(model)
-    history: list[dict[str, float]] = []
-    loss_sum, loss_count, tokens, clock = 0.0, 0, 0, time.perf_counter()
+        session.restore(resume_from)
+    history: list[dict[str, Any]] = []
     scratch = Path(tempfile.mkdtemp(prefix="ptplus-trial-"))
     try:
-        while step < config.max_steps:
-            for _ in range(config.grad_accum):
-                batch = collate([train_items[i] for i in order.batch(microbatches)], tokenizer.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
-                (loss / config.grad_accum).backward()
-                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-                tokens += int(batch["attention_mask"].sum())
-                microbatches += 1
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if progress:
-                progress(step, config.max_steps)
-            if step % config.eval_every and step != config.max_steps:
-                continue
-            elapsed = time.perf_counter() - clock
-            evaluation = evaluate(model, encoder, splits.validation, splits.labels, config.eval_batch_size, device)
-            metrics = {
-                "step": step, "train_loss": loss_sum / loss_count, "eval_loss": evaluation["loss"],
-                "eval_accuracy": evaluation["accuracy"], "tokens_per_s": tokens / elapsed,
-                "peak_mem_mb": peak_memory_mb(device), "trainable_params": trainable,
-            }
-            if step == config.max_steps:
-                metrics.update(_final_metrics(config, model, encoder, splits, device))
+        while not session.done:
+            metrics = session.advance()
             history.append(metrics)
-            checkpoint = write_checkpoint(scratch, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                          microbatches=microbatches, hyperparameters=hyperparameters, task=task)
             if report:
+                checkpoint = session.write_checkpoint(scratch)
                 report(dict(metrics), str(checkpoint))
-            shutil.rmtree(checkpoint, ignore_errors=True)
-            loss_sum, loss_count, tokens, clock = 0.0, 0, 0, time.perf_counter()
+                shutil.rmtree(checkpoint, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return TrialResult(history[-1] if history else {}, history, model, task)
+    return TrialResult(history[-1] if history else {}, history, session.model, session.task)
 
 
 def _final_metrics(config, model, encoder, splits, device) -> dict[str, float]:

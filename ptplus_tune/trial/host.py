@@ -1,0 +1,69 @@
+"""ModelHost: what the trials of one worker process share, loaded once and kept between trials: frozen base models,
+their tokenizers, and the data splits. A trial wraps the resident base model with its adapter and takes the adapter
+off again when it ends (`release`), so the next trial starts from the untouched base model in well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ptplus_tune.data import Splits, load_base_model, load_labelled, make_splits
+
+log = logging.getLogger(__name__)
+
+
+class ModelHost:
+    def __init__(self) -> None:
+        self._models: dict[tuple, tuple[Any, Any]] = {}
+        self._splits: dict[tuple, Splits] = {}
+        self.model_loads = 0  # how often a base model was actually loaded (the tests count it)
+        self.data_loads = 0
+
+    def base(self, name: str | None, device: torch.device, dtype: torch.dtype):
+        """(model, tokenizer), loaded on first use. One base model is kept per process: a study uses one."""
+        key = (name, str(device), str(dtype))
+        if key not in self._models:
+            self._models.clear()  # another base model: let the old one go rather than hold two
+            self._models[key] = load_base_model(name, device=str(device), dtype=dtype)
+            self.model_loads += 1
+            log.info("loaded base model %s on %s (%s)", name or "embedded default", device, dtype)
+        return self._models[key]
+
+    def splits(self, config) -> Splits:
+        key = (config.dataset, config.text_column, config.label_column, config.validation_size, config.test_size,
+               config.k_shot, config.data_seed)
+        if key not in self._splits:
+            parts = load_labelled(config.dataset, config.text_column, config.label_column)
+            self._splits[key] = make_splits(parts, config.validation_size, config.test_size, config.k_shot,
+                                            config.data_seed, where=config.dataset)
+            self.data_loads += 1
+        return self._splits[key]
+
+
+def release(model) -> None:
+    """Take the adapter off a wrapped base model, leaving the base model as it was loaded (frozen, eval mode)."""
+    import peft
+
+    if isinstance(model, peft.PeftModel):
+        base = model.base_model
+        base = base.unload() if hasattr(base, "unload") else model.get_base_model()  # LoRA layers out; prefix: none in
+        original = getattr(model, "base_model_prepare_inputs_for_generation", None)
+        if original is not None:  # PEFT patches the base model's generation hook; put it back
+            base.prepare_inputs_for_generation = original
+    else:
+        base = model.unload()
+    base.eval()
+
+
+_SHARED: ModelHost | None = None
+
+
+def shared_host() -> ModelHost:
+    """The host of this process (a Ray Tune worker keeps it across the trials it runs)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = ModelHost()
+    return _SHARED
