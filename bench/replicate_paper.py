@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import statistics
 import sys
@@ -170,6 +169,7 @@ def main() -> int:
 
 
 def run(args) -> int:
+    from ptplus_tune.cli import display
     from ptplus_tune.data.identity import dataset_identity, model_identity
     from ptplus_tune.service import connect, run_study
     from ptplus_tune.service.study import check_new
@@ -188,13 +188,8 @@ def run(args) -> int:
     if args.seed is not None:
         spec.seed = args.seed
     validate(spec)
-    progress = logging.getLogger("ptplus_tune.progress")  # the service's one line per trial event
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    progress.addHandler(handler)
-    progress.setLevel(logging.INFO)
-    progress.propagate = False
     name = args.name or f"replicate-{time.strftime('%Y%m%d-%H%M%S')}"
+    display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
     check_new(args.storage_path, name)
     uri = args.tracking_uri or default_tracking_uri()
     check_reachable(uri)

@@ -92,7 +92,8 @@ def run_policy(label: str, space: str, args, storage: str, uri: str) -> dict:
         "registered": None, "champion_test_accuracy": None,
     }
     if tracked.registration is not None:
-        row["registered"] = f"models:/{tracked.registration.name}/{tracked.registration.version} @{tracked.registration.alias}"
+        reg = tracked.registration
+        row["registered"] = f"models:/{reg.name}/{reg.version} @{reg.alias}"
         row["champion_test_accuracy"] = champion_test_accuracy(registered, spec)
     print(f"[{time.strftime('%H:%M:%S')}] {label}: {json.dumps(row)}", file=sys.stderr, flush=True)
     return row
@@ -111,17 +112,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _check(name: str, value: float, target: float, unit: str, scale: float = 1.0, at_most: bool = False) -> str:
+    met = value <= target if at_most else value >= target - 1e-9
+    sign = "<=" if at_most else ">="
+    return (f"{name} = {value * scale:+.1f}{unit}" if unit else f"{name} = {value:.2f}") + \
+        f" (target {sign} {target * scale:g}{unit}: {'met' if met else 'NOT met'})"
+
+
 def verdict(before: dict, now: dict) -> list[str]:
-    ratio = now["wall_s"] / before["wall_s"]
-    val = now["best_val_accuracy"] - before["best_val_accuracy"]
-    out = [f"wall time now / before = {ratio:.2f} (target <= {TARGETS['wall_ratio']}: "
-           f"{'met' if ratio <= TARGETS['wall_ratio'] else 'NOT met'})",
-           f"best validation accuracy now - before = {val * 100:+.1f} points (target >= {-TARGETS['val_drop'] * 100:.0f}: "
-           f"{'met' if val >= -TARGETS['val_drop'] - 1e-9 else 'NOT met'})"]
+    out = [_check("wall time now / before", now["wall_s"] / before["wall_s"], TARGETS["wall_ratio"], "",
+                  at_most=True),
+           _check("best validation accuracy now - before", now["best_val_accuracy"] - before["best_val_accuracy"],
+                  -TARGETS["val_drop"], " points", 100)]
     if now["champion_test_accuracy"] is not None and before["champion_test_accuracy"] is not None:
-        test = now["champion_test_accuracy"] - before["champion_test_accuracy"]
-        out.append(f"champion test accuracy now - before = {test * 100:+.1f} points (target >= "
-                   f"{-TARGETS['test_drop'] * 100:.0f}: {'met' if test >= -TARGETS['test_drop'] - 1e-9 else 'NOT met'})")
+        out.append(_check("champion test accuracy now - before",
+                          now["champion_test_accuracy"] - before["champion_test_accuracy"], -TARGETS["test_drop"],
+                          " points", 100))
     return out
 
 
@@ -138,13 +144,10 @@ def main(argv=None) -> int:
 
     import logging
 
-    from ptplus_tune.cli.display import PlainEvents
+    from ptplus_tune.cli import display
     from ptplus_tune.service import connect
 
-    progress = logging.getLogger("ptplus_tune.progress")  # the service's one line per trial event
-    progress.addHandler(PlainEvents())
-    progress.setLevel(logging.INFO)
-    progress.propagate = False
+    display.attach("study-speed", quiet=True)  # the service's one line per trial event, as the CLI prints it
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     work = Path(args.work or tempfile.mkdtemp(prefix="study-speed-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -62,9 +62,12 @@ def test_every_trial_has_one_complete_run(first_study, tracking_server):
     statuses = set()
     for trial_id, rows in results.items():
         run = by_trial[trial_id]
-        for metric in ("eval_accuracy", "eval_loss", "train_loss", "tokens_per_s", "peak_mem_mb", "trainable_params"):
+        for metric in ("eval_accuracy", "eval_loss", "tokens_per_s", "peak_mem_mb", "trainable_params"):
             history = client.get_metric_history(run.info.run_id, metric)
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == [r["step"] for r in rows], metric
+        # train_loss: at every evaluation and, cheaply, every log_every (5) steps in between; each step once.
+        losses = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+        assert losses == sorted({r["step"] for r in rows} | set(range(5, rows[-1]["step"] + 1, 5)))
         expected = "completed" if rows[-1]["step"] >= MAX_STEPS else "early_stopped"  # what Ray recorded
         assert run.data.tags["ptplus.status"] == expected
         statuses.add(expected)

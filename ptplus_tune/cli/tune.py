@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from ptplus_tune.errors import PTPlusError
 
 TUNE_EXAMPLES = """examples:
   ptplus-tune --space default                         # the default study on this machine (or the running cluster)
@@ -132,6 +131,19 @@ def ui_hint(uri: str, experiment_id: str) -> str:
     return f"ptplus-tune ui --tracking-uri {uri}   (then open http://127.0.0.1:5000/{page})"
 
 
+def check_inputs(spec) -> None:
+    """The model and data every trial will load, checked once here so that a bad file is one line before Ray
+    starts, not a failure per trial."""
+    from ptplus_tune.data.models import resolve_model
+    from ptplus_tune.trial import TrialConfig
+    from ptplus_tune.trial.train import load_splits
+
+    config = TrialConfig.from_dict(spec.trial, where=spec.source)
+    if config.model is not None:
+        resolve_model(config.model)
+    load_splits(config)
+
+
 def cmd_tune(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.service import check_gpus, concurrency, connect, experiment_path, run_study
@@ -156,6 +168,7 @@ def cmd_tune(args) -> int:
         print(f"# {_plan(spec, name, path)}")
         return 0
 
+    check_inputs(spec)
     resumed_uri = saved_tracking_uri(args.storage_path, name) if args.resume else None
     tracking_uri = args.tracking_uri or resumed_uri or default_tracking_uri()
     check_reachable(tracking_uri)

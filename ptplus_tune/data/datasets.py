@@ -4,6 +4,7 @@ json/jsonl/csv files; stable, seeded, stratified train/validation/test splits an
 from __future__ import annotations
 
 import importlib.util
+import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -75,13 +76,48 @@ def load_labelled(dataset: str, text_column: str = "text", label_column: str = "
             raise PTPlusError(f"data file {dataset} does not exist")
         if path.suffix not in _LOCAL_FORMATS:
             raise PTPlusError(f"data file {dataset}: use .json, .jsonl or .csv")
-        rows = hf_datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-        return {"all": _examples(rows, text_column, label_column, dataset)}
+        return {"all": _examples(_read_local(path, dataset), text_column, label_column, dataset)}
     try:
         loaded = hf_datasets.load_dataset(dataset)
     except Exception as exc:  # datasets raises many types for a bad name or no network
         raise PTPlusError(f"could not load dataset {dataset!r}: {str(exc).strip().splitlines()[0]}") from exc
     return {name: _examples(rows, text_column, label_column, f"{dataset}[{name}]") for name, rows in loaded.items()}
+
+
+def _read_local(path: Path, where: str):
+    """A local json/jsonl/csv file as a `datasets` table; an empty, unreadable or malformed file is one clear error."""
+    import datasets as hf_datasets
+
+    fmt = _LOCAL_FORMATS[path.suffix]
+    if path.stat().st_size == 0:
+        raise PTPlusError(f"data file {where} is empty; it needs one labelled example per "
+                          f"{'row (with a header line)' if fmt == 'csv' else 'line or array item'}")
+    try:
+        with path.open("rb") as f:
+            f.read(1 << 16).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PTPlusError(f"data file {where} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise PTPlusError(f"data file {where} cannot be read ({exc.strerror})") from exc
+    if fmt == "csv" and sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                           if line.strip()) < 2:
+        raise PTPlusError(f"data file {where} has no rows (a header line and one row per example)")
+    quiet = logging.getLogger("datasets")
+    level, quiet.level = quiet.level, logging.CRITICAL  # its parser logs (and mis-formats) what we report in one line
+    try:
+        rows = hf_datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as exc:  # datasets wraps parser errors in DatasetGenerationError and others
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise PTPlusError(f"data file {where} is not valid {'CSV' if fmt == 'csv' else 'JSON / JSON Lines'} "
+                          f"({detail[:200]}); fix the file") from exc
+    finally:
+        quiet.setLevel(level)
+    if rows.num_rows == 0:
+        raise PTPlusError(f"data file {where} has no rows")
+    return rows
 
 
 def _take_stratified(examples: list[Example], n: int, rng: random.Random) -> tuple[list[Example], list[Example]]:
@@ -121,6 +157,9 @@ def make_splits(
         if not split:
             raise PTPlusError(f"{where}: the {name} split is empty; it needs more labelled examples")
     labels = sorted({ex.label for ex in pool})
+    if len(labels) < 2:
+        raise PTPlusError(f"{where}: the training split has only the class {labels[0]!r}; classification needs at "
+                          f"least two (check --label-column)")
     if k_shot is not None:
         if k_shot < 1:
             raise PTPlusError(f"k_shot must be >= 1 (or unset for the whole training split), got {k_shot}")

@@ -72,6 +72,9 @@ def resolve_model(name: str | None) -> tuple[str, str | None]:
         return str(embedded_model_dir()), None
     path = Path(name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PTPlusError(f"model folder {name} has no config.json; pass a transformers model folder (as "
+                              f"save_pretrained writes it), a .gguf file or a hub id")
         return str(path), None
     if path.is_file():
         if path.suffix != ".gguf":

@@ -55,11 +55,11 @@ class StudyProgress(Callback):
         self.stopped_early: set[str] = set()
         self.failed: set[str] = set()
         self.latest: dict[str, float] = {}  # each trial's last reported metric, as the final table ranks them
-        self._board = None
+        self._board = self._pending = None
         self._polled = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "_board": None, "_polled": 0.0}
+        return {**self.__dict__, "_board": None, "_pending": None, "_polled": 0.0}
 
     @property
     def best(self) -> tuple[float, str] | None:
@@ -133,10 +133,15 @@ class StudyProgress(Callback):
     def _poll_board(self) -> None:
         if not self.study or not self.running:
             return
-        try:
+        try:  # never block Tune's loop: ask now, read the answer at a later poll once it is there
             self._board = self._board or ray.get_actor(board_name(self.study))
-            live = ray.get(self._board.snapshot.remote(), timeout=0.5)
-        except Exception:  # no board (a benchmark's own trainable) or a slow one: the events still flow
+            if self._pending is None:
+                self._pending = self._board.snapshot.remote()
+            ready, _ = ray.wait([self._pending], timeout=0)
+            if not ready:
+                return
+            live, self._pending = ray.get(self._pending), None
+        except Exception:  # no board (a benchmark's own trainable): the events still flow
             return
         for trial_id, info in live.items():
             row = self.running.get(trial_id)

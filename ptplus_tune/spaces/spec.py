@@ -19,6 +19,7 @@ import yaml
 from ptplus_tune.adapter import FEATURE_MAPS, MEMORIES, METHODS
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import TrialConfig
+from ptplus_tune.trial.config import read_yaml
 
 PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_loss", "train_loss")
@@ -163,12 +164,7 @@ def load_space(name_or_path: str) -> StudySpec:
             raise PTPlusError(f"unknown space {name_or_path!r}; shipped spaces: {', '.join(sorted(shipped))} "
                               f"(or pass a path to a YAML file)")
         path = shipped[name_or_path]
-    if not path.is_file():
-        raise PTPlusError(f"space file {name_or_path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise PTPlusError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    data = read_yaml(path, what="space file")
     return parse_space(data, source=str(path), default_name=path.stem)
 
 
@@ -312,18 +308,38 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
     if set(res) - {"cpus", "gpus"}:
         _fail(source, "resources", "only cpus and gpus")
     spec.resources = Resources(**{k: _number(source, f"resources.{k}", v) for k, v in res.items()})
-    # A trial config built from fixed values must itself be valid (e.g. max_steps >= 1).
-    try:
-        TrialConfig.from_dict({**trial, **{p.name: p.value for p in params if p.type == "fixed"}}, where=source)
-    except PTPlusError as exc:
-        raise PTPlusError(f"{source}: trial: {str(exc).removeprefix(source + ': ')}") from exc
     validate(spec)
     return spec
+
+
+def _check_trial_values(spec: StudySpec) -> None:
+    """Every trial the space can propose must be one a trial accepts: the fixed settings, and each searched
+    parameter at both ends of its range and at every choice (the trial's rules are monotone in each setting), with
+    its `when` parents at an enabling value. The rules are TrialConfig's own, so they live in one place."""
+    src = spec.source
+    fixed = {**spec.trial, **{p.name: p.value for p in spec.parameters if p.type == "fixed" and not p.when}}
+    try:
+        TrialConfig.from_dict(fixed, where=src)
+    except PTPlusError as exc:
+        raise PTPlusError(f"{src}: trial: {str(exc).removeprefix(src + ': ')}") from exc
+    for p in spec.parameters:
+        if p.type in ("float", "int"):
+            values = [p.low, p.high]
+        else:
+            values = p.choices if p.type == "categorical" else [p.value]
+        parents = {parent: enabling[0] for parent, enabling in p.when.items()}
+        for value in values:
+            try:
+                TrialConfig.from_dict({**fixed, **parents, p.name: value}, where=src)
+            except PTPlusError as exc:
+                _fail(src, f"parameter {p.name!r}", f"a trial would reject {value!r}: "
+                      f"{str(exc).removeprefix(src + ': ')}")
 
 
 def validate(spec: StudySpec) -> None:
     """Checks that also hold after CLI overrides."""
     src = spec.source
+    _check_trial_values(spec)
     if spec.num_samples < 1:
         _fail(src, "num_samples", "must be >= 1")
     if spec.max_concurrent < 1:

@@ -139,8 +139,13 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
             with trial.checkpoint_ref.as_directory() as folder:
                 log_adapter(mlflow_client, run.info.run_id, folder, int(trial.metrics.get("step", 0)))
         runs[trial.trial_id] = mlflow_client.get_run(run.info.run_id)
-    for run in child_runs(mlflow_client, target):  # a run whose trial Tune no longer knows: not left RUNNING
-        if run.info.status == "RUNNING":
+    known = {trial.trial_id for trial in result.trials}
+    for run in child_runs(mlflow_client, target):  # a run whose trial Tune no longer knows (a killed driver)
+        if run.data.tags.get(TRIAL_ID) in known:
+            continue
+        if "step" not in run.data.metrics:  # the trial started after Tune last saved its state: nothing evaluated,
+            mlflow_client.delete_run(run.info.run_id)  # nothing to keep (its configuration runs again as a new trial)
+        elif run.info.status == "RUNNING":
             mlflow_client.set_terminated(run.info.run_id, "KILLED")
 
     report = TrackingReport(target.experiment_id, target.parent_run_id)

@@ -82,6 +82,18 @@ class TrialConfig:
             raise PTPlusError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.weight_decay < 0:
             raise PTPlusError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1):
+            raise PTPlusError(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
+            raise PTPlusError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if self.k_shot is not None and (isinstance(self.k_shot, bool) or not isinstance(self.k_shot, int)
+                                        or self.k_shot < 1):
+            raise PTPlusError(f"k_shot must be an integer >= 1 (or null for the whole training split), got "
+                              f"{self.k_shot!r}")
+        if not isinstance(self.prompt_template, str) or self.prompt_template.count("{text}") != 1:
+            raise PTPlusError(f"prompt_template must contain {{text}} exactly once: {self.prompt_template!r}")
+        if not isinstance(self.target_template, str) or "{label}" not in self.target_template:
+            raise PTPlusError(f"target_template must contain {{label}}: {self.target_template!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise PTPlusError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         check_hyperparameters(self.hyperparameters())  # adapter settings fail here, before a model is loaded
@@ -111,14 +123,24 @@ class TrialConfig:
         return cls.from_dict({**read_yaml_mapping(path), **overrides}, where=str(path))
 
 
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content; a missing, unreadable, binary or malformed file is one clear error."""
     path = Path(path)
     if not path.is_file():
-        raise PTPlusError(f"config file {path} does not exist")
+        raise PTPlusError(f"{what} {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PTPlusError(f"{path}: not a text (UTF-8) YAML file (byte {exc.start} is {exc.object[exc.start]:#04x})") \
+            from exc
+    except OSError as exc:
+        raise PTPlusError(f"{path}: cannot be read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise PTPlusError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise PTPlusError(f"{path}: expected a mapping of config keys")
     return values

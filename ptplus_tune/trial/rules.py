@@ -37,4 +37,4 @@ def loss_verdict(loss: float, first_window_loss: float | None) -> str | None:
 
 
 def accuracy_verdict(accuracy: float, chance: float) -> str | None:
-    return CHANCE_LEVEL if accuracy <= chance + 1e-9 else None
+    return CHANCE_LEVEL if accuracy <= chance + 1e-6 else None  # accuracy arrives as float32
