@@ -219,3 +219,33 @@ def test_trials_on_one_host_give_exactly_what_fresh_processes_give(tiny_trial):
         fresh = [{k: v for k, v in m.items() if k not in timing} for m in run_trial(config).history]
         assert warm == fresh, overrides
     assert host.model_loads == 1 and host.data_loads == 1
+
+
+def test_eval_steps_is_a_train_flag():
+    from ptplus_tune.cli.train import build_train_parser
+
+    args = build_train_parser().parse_args(["--eval-steps", "3", "7", "--log-every", "2"])
+    assert args.eval_steps == [3, 7] and args.log_every == 2
+
+
+def test_concurrency_is_what_the_cluster_can_give(monkeypatch):
+    import ray
+
+    from ptplus_tune.service import concurrency
+    from ptplus_tune.spaces import load_space
+
+    env = ray_env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    spec = load_space("default")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        spec.max_concurrent, spec.resources.cpus = 4, 2
+        assert concurrency(spec) == 1  # max_concurrent says 4, two CPUs fit one 2-CPU trial
+        spec.resources.cpus = 1
+        assert concurrency(spec) == 2
+        spec.resources.gpus = 0.25
+        assert concurrency(spec) == 0  # no GPU yet (an autoscaler may add one)
+    finally:
+        ray.shutdown()
+        kill_ray_under(env["RAY_TMPDIR"])

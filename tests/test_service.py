@@ -46,6 +46,7 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     # Without --tracking-uri the runs go to a sqlite database in the working directory, and it says how to look.
     assert (tmp_path / "mlflow.db").is_file()
     assert f"mlflow ui: ptplus-tune ui --tracking-uri sqlite:///{tmp_path / 'mlflow.db'}" in proc.stdout
+    assert "(then open http://127.0.0.1:5000/#/experiments/1/runs)" in proc.stdout  # the runs page, not GenAI
 
 
 def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial, tracking_server):

@@ -93,6 +93,13 @@ def test_study_run_holds_the_report(first_study, tracking_server):
     assert parent.data.tags["ptplus.best_run_id"] == best["run_id"]
     table = open(client.download_artifacts(parent.info.run_id, "trials.csv")).read().splitlines()
     assert len(table) == 1 + 5 and table[1].startswith(best["trial_id"])  # sorted best first
+    # The UI opens on the runs (a model-training experiment), and the study run's description is the ranked table.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = parent.data.tags["mlflow.note.content"].splitlines()
+    assert note[4].startswith("| trial | run | status | eval_accuracy | step |")
+    assert note[6].startswith(f"| {best['trial_id']} | [trial-{best['trial_id']}](#/experiments/"
+                              f"{experiment.experiment_id}/runs/{best['run_id']}) |")
+    assert f"**Best**: trial {best['trial_id']}" in "\n".join(note)
 
 
 def test_best_adapter_is_registered_and_reproduces_its_metric(first_study, tracking_server, tiny_trial_settings):

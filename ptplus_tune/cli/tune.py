@@ -99,20 +99,15 @@ def _plan(spec, name: str, path: Path, concurrency: int | None = None) -> str:
 
 
 def _table(result, top: int) -> str:
-    ranked = sorted((t for t in result.trials if isinstance(t.metrics.get(result.metric), (int, float))),
-                    key=lambda t: t.metrics[result.metric], reverse=result.mode == "max")
+    from ptplus_tune.tracking.report import format_value
+
+    ranked = result.ranked
     params = sorted({k for t in ranked[:top] for k in t.config})
     header = ["trial", "status", result.metric, "step", *params]
     rows = [[t.trial_id, t.status, f"{t.metrics[result.metric]:.4f}", str(t.metrics.get("step", "")),
-             *[_cell(t.config.get(p)) for p in params]] for t in ranked[:top]]
+             *[format_value(t.config.get(p)) for p in params]] for t in ranked[:top]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows])
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def default_registered_model(spec) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.tune import Callback
 
-from ptplus_tune.service.study import status_of
+from ptplus_tune.service.study import status_of, stop_reason_of
 
 log = logging.getLogger("ptplus_tune.progress")
 live_log = logging.getLogger("ptplus_tune.progress.live")
@@ -47,9 +47,8 @@ def open_board(study: str):
 
 
 class StudyProgress(Callback):
-    def __init__(self, metric: str, mode: str, max_steps: int, study: str = "", concurrency: int | None = None):
+    def __init__(self, metric: str, mode: str, max_steps: int, study: str = ""):
         self.metric, self.mode, self.max_steps, self.study = metric, mode, max_steps, study
-        self.concurrency = concurrency
         self.running: dict[str, dict[str, Any]] = {}  # trial id -> live row
         self.finished: set[str] = set()
         self.stopped_early: set[str] = set()
@@ -85,7 +84,7 @@ class StudyProgress(Callback):
             rows.append({**row, "trial_id": trial_id, "elapsed": now - row["started"], "eta": eta})
         return {"metric": self.metric, "max_steps": self.max_steps, "running": len(self.running),
                 "finished": len(self.finished), "stopped": len(self.stopped_early), "failed": len(self.failed),
-                "best": self.best, "trials": rows, "concurrency": self.concurrency}
+                "best": self.best, "trials": rows}
 
     def _event(self, level: int, message: str, *args) -> None:
         log.log(level, message, *args, extra={"state": self.state()})
@@ -109,7 +108,7 @@ class StudyProgress(Callback):
         step = last.get("step", 0)
         completed = status_of(step, self.max_steps) == "completed"
         (self.finished if completed else self.stopped_early).add(trial.trial_id)
-        how = "finished" if completed else f"stopped early at step {step} ({last.get('stop_reason') or 'asha'})"
+        how = "finished" if completed else f"stopped early at step {step} ({stop_reason_of(last, self.max_steps)})"
         self._event(logging.INFO, "trial %s %s: %s=%s | %s", trial.trial_id, how, self.metric,
                     _fmt(last.get(self.metric)), self.status())
 

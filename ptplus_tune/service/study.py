@@ -45,10 +45,23 @@ class StudyResult:
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda t: t.metrics[self.metric])
 
+    @property
+    def ranked(self) -> list[TrialSummary]:
+        """The trials that reported the metric, best first."""
+        return sorted((t for t in self.trials if isinstance(t.metrics.get(self.metric), (int, float))),
+                      key=lambda t: t.metrics[self.metric], reverse=self.mode == "max")
+
 
 def status_of(step: int, max_steps: int) -> str:
     """How a trial that ended without error ended: it ran its budget out, or ASHA stopped it."""
     return "completed" if step >= max_steps else "early_stopped"
+
+
+def stop_reason_of(result: dict, max_steps: int) -> str | None:
+    """Why a trial that ended short of its budget stopped: the dead-trial rule it reported, else ASHA."""
+    if status_of(result.get("step", 0), max_steps) != "early_stopped":
+        return None
+    return result.get("stop_reason") or "asha"
 
 
 def experiment_path(storage_path: str, name: str) -> Path:
@@ -186,13 +199,12 @@ def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:
     for r in grid:
         metrics = dict(r.metrics or {})
         status = "failed" if r.error is not None else status_of(metrics.get("step", 0), spec.max_steps)
-        reason = (metrics.get("stop_reason") or "asha") if status == "early_stopped" else None
         result.trials.append(TrialSummary(
             trial_id=metrics.get("trial_id") or os.path.basename(r.path),
             config={k: v for k, v in (r.config or {}).items()},
             metrics={k: v for k, v in metrics.items() if k != "config"},
             status=status,
-            stop_reason=reason,
+            stop_reason=stop_reason_of(metrics, spec.max_steps) if status == "early_stopped" else None,
             checkpoint=r.checkpoint.path if r.checkpoint else None,
             checkpoint_ref=r.checkpoint,
         ))

@@ -1,8 +1,8 @@
 """The Ray Tune trainable: one TrialSession per Tune trial, advanced evaluation by evaluation (`step`).
 
 A class trainable, so that Tune can reuse its actor (`reuse_actors`): `reset_config` takes the finished trial's
-adapter off the resident base model and starts the next trial on it; the base model, tokenizer, data and the MLflow
-client stay loaded for the worker's life (see ptplus_tune.trial.host). Checkpoints are Tune's (`save_checkpoint`,
+adapter off the resident base model and starts the next trial on it; the base model, tokenizer, data and MLflow
+(an import of seconds) stay loaded for the worker's life (see ptplus_tune.trial.host). Checkpoints are Tune's (`save_checkpoint`,
 `load_checkpoint`), taken at every evaluation, so retries and resumed studies continue where they stopped.
 """
 
@@ -76,7 +76,7 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
                 return
             session = getattr(self, "session", None)
             loss = session.train_loss if session is not None else None
-            self._board.update.remote(self.trial_id, {"step": step, "max_steps": max_steps, "train_loss": loss})
+            self._board.update.remote(self.trial_id, {"step": step, "train_loss": loss})
 
         def _on_log(self, point: dict) -> None:
             if self.run is not None:
@@ -89,9 +89,8 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
                 if self.session.step >= self.trial_config.max_steps:
                     self._log_adapter()
             self._progress(self.session.step, self.trial_config.max_steps, force=True)
-            from ptplus_tune.trial import shared_host
-
-            worker = {"node_id": self.node_id, "setup_s": self.setup_s, "worker_model_loads": shared_host().model_loads}
+            worker = {"node_id": self.node_id, "setup_s": self.setup_s,
+                      "worker_model_loads": self.session.host.model_loads}
             return {**metrics, **worker, "should_checkpoint": True, "done": self.session.done}
 
         def _log_adapter(self) -> None:

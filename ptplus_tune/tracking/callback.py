@@ -30,11 +30,10 @@ class TrackTrialStatus(Callback):
             log.warning("could not record trial %s as %s in MLflow: %s", trial.trial_id, status, exc)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from ptplus_tune.service.study import status_of
+        from ptplus_tune.service.study import status_of, stop_reason_of
 
         last = trial.last_result or {}
-        status = status_of(last.get("step", 0), self.max_steps)
-        self._mark(trial, status, (last.get("stop_reason") or "asha") if status == "early_stopped" else None)
+        self._mark(trial, status_of(last.get("step", 0), self.max_steps), stop_reason_of(last, self.max_steps))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._mark(trial, "failed")

@@ -31,8 +31,7 @@ def log_trials_table(mlflow_client, run_id: str, result, runs: dict) -> None:
 def study_note(result, spec, runs: dict, top: int = 10) -> str:
     """The study run's description (`mlflow.note.content`, markdown): what was searched, the ranked trials with a
     link to each run, and the best configuration."""
-    ranked = sorted((t for t in result.trials if isinstance(t.metrics.get(result.metric), (int, float))),
-                    key=lambda t: t.metrics[result.metric], reverse=result.mode == "max")
+    ranked = result.ranked
     params = sorted({k for t in ranked[:top] for k in t.config})
     counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
     lines = [f"**{result.name}**: {spec.description}".rstrip(": "), "",
@@ -44,8 +43,9 @@ def study_note(result, spec, runs: dict, top: int = 10) -> str:
         run = runs.get(t.trial_id)
         link = f"[{run.info.run_name}](#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" if run else ""
         status = t.status + (f" ({t.stop_reason})" if t.stop_reason else "")
+        values = " | ".join(format_value(t.config.get(p)) for p in params)
         lines.append(f"| {t.trial_id} | {link} | {status} | {t.metrics[result.metric]:.4f} | "
-                     f"{t.metrics.get('step', '')} | " + " | ".join(_cell(t.config.get(p)) for p in params) + " |")
+                     f"{t.metrics.get('step', '')} | {values} |")
     best = result.best
     if best is not None:
         lines += ["", f"**Best**: trial {best.trial_id}, {result.metric} {best.metrics[result.metric]:.4f} at step "
@@ -56,7 +56,8 @@ def study_note(result, spec, runs: dict, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
+def format_value(value) -> str:
+    """A hyperparameter as the tables show it."""
     if value is None:
         return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)

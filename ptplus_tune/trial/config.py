@@ -99,7 +99,8 @@ class TrialConfig:
         check_hyperparameters(self.hyperparameters())  # adapter settings fail here, before a model is loaded
 
     def is_eval_step(self, step: int) -> bool:
-        return step == self.max_steps or step in self.eval_steps or bool(self.eval_every and step % self.eval_every == 0)
+        every = bool(self.eval_every and step % self.eval_every == 0)
+        return step == self.max_steps or step in self.eval_steps or every
 
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in HYPERPARAMETERS}

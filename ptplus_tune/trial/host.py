@@ -36,11 +36,16 @@ class ModelHost:
         key = (config.dataset, config.text_column, config.label_column, config.validation_size, config.test_size,
                config.k_shot, config.data_seed)
         if key not in self._splits:
-            parts = load_labelled(config.dataset, config.text_column, config.label_column)
-            self._splits[key] = make_splits(parts, config.validation_size, config.test_size, config.k_shot,
-                                            config.data_seed, where=config.dataset)
+            self._splits[key] = load_splits(config)
             self.data_loads += 1
         return self._splits[key]
+
+
+def load_splits(config) -> Splits:
+    """A TrialConfig's train / validation / test examples."""
+    parts = load_labelled(config.dataset, config.text_column, config.label_column)
+    return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,
+                       where=config.dataset)
 
 
 def release(model) -> None:

@@ -23,13 +23,13 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from ptplus_tune.adapter import build_adapter, count_trainable_parameters
-from ptplus_tune.data import PromptEncoder, Splits, collate, load_base_model, load_labelled, make_splits
+from ptplus_tune.data import PromptEncoder, collate, load_base_model
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import rules
 from ptplus_tune.trial.checkpoint import read_checkpoint, restore, save_state, write_checkpoint
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
-from ptplus_tune.trial.host import release
+from ptplus_tune.trial.host import load_splits, release
 from ptplus_tune.trial.predict import task_description
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def load_splits(config: TrialConfig) -> Splits:
-    parts = load_labelled(config.dataset, config.text_column, config.label_column)
-    return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,
-                       where=config.dataset)
 
 
 class DataOrder:
