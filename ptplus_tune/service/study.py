@@ -167,9 +167,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
             run_config=tune.RunConfig(
                 name=name, storage_path=str(path.parent),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                # Two checkpoints per trial: the experiment state a killed driver last saved may still point to the
-                # one before the newest, and a deleted checkpoint cannot be resumed (seen with num_to_keep=1).
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2), stop=stop,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), stop=stop,
                 callbacks=[progress, *callbacks],
                 verbose=0,
             ),
