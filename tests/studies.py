@@ -10,9 +10,9 @@ import yaml
 MAX_STEPS = 12
 
 
-def space_file(tmp_path, tiny_trial, max_steps=MAX_STEPS, **study):
+def space_file(tmp_path, tiny_trial, max_steps=MAX_STEPS, eval_every=2, **study):
     trial = {k: v for k, v in tiny_trial.items() if k not in ("learning_rate", "num_threads")}
-    trial.update(max_steps=max_steps, eval_every=2)
+    trial.update(max_steps=max_steps, eval_every=eval_every)
     # The dead-trial rule would end many tiny-model trials at their first rung; these studies test ASHA, resume and
     # tracking, so it is off unless a test turns it on.
     study["scheduler"] = {"dead_trials": False, **study.get("scheduler", {"grace_period": 2, "reduction_factor": 2})}

@@ -111,8 +111,11 @@ def _trial_workers(ray_root: str) -> list[int]:
 
 def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server):
     env = ray_env()
-    space = space_file(tmp_path, tiny_trial, max_steps=80, num_samples=1, max_concurrent=1,
-                   scheduler={"grace_period": 80, "reduction_factor": 2})
+    # Long enough (~2,000 tiny steps) that the trial is still training when the kill lands, however loaded the
+    # machine: a trial that had already finished would leave nothing to retry.
+    steps, every = 2000, 100
+    space = space_file(tmp_path, tiny_trial, max_steps=steps, eval_every=every, num_samples=1, max_concurrent=1,
+                       scheduler={"grace_period": steps, "reduction_factor": 2})
     study = tmp_path / "results" / "s3"
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--storage-path",
                                str(tmp_path / "results"), "--name", "s3", "--tracking-uri", tracking_server,
@@ -122,30 +125,32 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
         deadline = time.time() + 300
         while time.time() < deadline:
             rows = next(iter(trial_results(study).values()), [])
-            if rows and rows[-1]["step"] >= 10 and _trial_workers(env["RAY_TMPDIR"]):
+            if rows and rows[-1]["step"] >= every and _trial_workers(env["RAY_TMPDIR"]):
                 break
             time.sleep(0.1)
         else:
             pytest.fail("the trial never got going")
+        killed_at = rows[-1]["step"]
         for pid in _trial_workers(env["RAY_TMPDIR"]):
             os.kill(pid, signal.SIGKILL)
         out, err = driver.communicate(timeout=600)
     finally:
         driver.kill()
         kill_ray_under(env["RAY_TMPDIR"])
+    assert killed_at < steps, "the trial finished before the kill"
     assert driver.returncode == 0, err[-3000:]
     assert "retrying it from its last checkpoint" in err
     assert "(1 completed, 0 stopped early by ASHA, 0 failed)" in out
     (trial_id, rows), = trial_results(study).items()
-    steps = [r["step"] for r in rows]
-    assert steps[-1] == 80 and steps.count(2) == 1, steps  # finished, and not restarted from step 0
-    assert sorted(set(steps)) == list(range(2, 81, 2))
+    reported = [r["step"] for r in rows]
+    assert reported[-1] == steps and reported.count(every) == 1, reported  # finished, not restarted from step 0
+    assert sorted(set(reported)) == list(range(every, steps + 1, every))
     # MLflow: still exactly one run for the trial, with every evaluation once, ended as completed.
     (run,) = study_runs(tracking_server, "s3")
     assert run.data.tags["ptplus.trial_id"] == trial_id and run.data.tags["ptplus.status"] == "completed"
     assert run.info.status == "FINISHED"
     history = MlflowClient(tracking_server).get_metric_history(run.info.run_id, "eval_accuracy")
-    assert sorted(m.step for m in history) == list(range(2, 81, 2))
+    assert sorted(m.step for m in history) == list(range(every, steps + 1, every))
     losses = [m.step for m in MlflowClient(tracking_server).get_metric_history(run.info.run_id, "train_loss")]
     assert len(losses) == len(set(losses))  # the retried attempt did not log a training-loss point twice
     assert not (study / ".scratch").exists()  # the killed attempt's scratch went with the study's end
@@ -181,3 +186,30 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
     proc = run_cli(["--space", "compare", "--dry-run", "--storage-path", str(tmp_path)], ray_env())
     assert "balance: method" in proc.stdout
     assert "trials take turns over method (ptplus, lora, prefix_tuning)" in proc.stdout
+
+
+def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tmp_path, tiny_trial):
+    """A killed driver's saved state can name a checkpoint `num_to_keep` already deleted (seen in CI): the trial
+    continues from the newer one in its folder (never a final one, nor an older leftover) instead of failing."""
+    import torch
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    from ptplus_tune.service.trainable import newest_checkpoint
+    from ptplus_tune.trial.checkpoint import STATE_FILE
+
+    trial_dir = tmp_path / "trial"
+    for index, step in ((1, 2), (4, 8), (5, 10), (6, 12)):
+        (trial_dir / f"checkpoint_{index:06d}").mkdir(parents=True)
+        torch.save({"step": step}, trial_dir / f"checkpoint_{index:06d}" / STATE_FILE)
+    (trial_dir / "checkpoint_000007").mkdir()  # half-written: no state file
+    lost = trial_dir / "checkpoint_000003"
+    saved = _TrainingResult(checkpoint=Checkpoint(str(lost)), metrics={"step": 6, "training_iteration": 3})
+
+    chosen = newest_checkpoint(saved, max_steps=12)
+    assert chosen.checkpoint.path == str(trial_dir / "checkpoint_000005") and chosen.metrics == saved.metrics
+    assert lost.is_dir()  # so that Tune can delete it later without failing
+    present = _TrainingResult(checkpoint=Checkpoint(str(trial_dir / "checkpoint_000001")), metrics={})
+    assert newest_checkpoint(present, max_steps=12) is present
+    nothing = _TrainingResult(checkpoint=Checkpoint(str(tmp_path / "other" / "checkpoint_000000")), metrics={})
+    assert newest_checkpoint(nothing, max_steps=12) is nothing  # Tune then reports the missing checkpoint itself

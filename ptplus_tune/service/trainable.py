@@ -8,6 +8,7 @@ adapter off the resident base model and starts the next trial on it; the base mo
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -18,6 +19,7 @@ from ray import tune
 
 from ptplus_tune.spaces import StudySpec
 
+log = logging.getLogger(__name__)
 SCRATCH = ".scratch"  # per-trial scratch folders inside the study's folder (never the system temp dir)
 PROGRESS_INTERVAL_S = 1.0
 
@@ -111,6 +113,9 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
+        def restore(self, checkpoint_path):
+            return super().restore(newest_checkpoint(checkpoint_path, self.trial_config.max_steps))
+
         def save_checkpoint(self, checkpoint_dir: str) -> None:
             self.session.save(checkpoint_dir)
 
@@ -132,3 +137,37 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             self._end()
 
     return PTPlusTrial
+
+
+def newest_checkpoint(saved, max_steps: int):
+    """The checkpoint a restored trial continues from. Tune's saved experiment state can name one that
+    `CheckpointConfig(num_to_keep)` has since deleted: the driver died after the trial's next checkpoint was persisted
+    (and the old one dropped) but before Tune saved its state again. The trial's own folder then holds that newer
+    checkpoint, whose reports were already made: continue from it rather than fail the trial. A final checkpoint
+    (nothing left to train) is passed over, so the last stretch is trained again."""
+    import torch
+    from pyarrow.fs import FileSelector, FileType
+    from ray.tune import Checkpoint
+
+    from ptplus_tune.trial.checkpoint import STATE_FILE
+
+    checkpoint = getattr(saved, "checkpoint", None)
+    if checkpoint is None or checkpoint.filesystem.get_file_info(checkpoint.path).type != FileType.NotFound:
+        return saved
+    fs, (trial_dir, _, lost) = checkpoint.filesystem, checkpoint.path.rstrip("/").rpartition("/")
+    found = fs.get_file_info(FileSelector(trial_dir, allow_not_found=True))
+    newer = [i for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")
+             and i.base_name > lost]  # Tune numbers them checkpoint_000000, checkpoint_000001, ...
+    for info in sorted(newer, key=lambda i: i.base_name, reverse=True):
+        candidate = Checkpoint(info.path, filesystem=fs)
+        try:
+            with candidate.as_directory() as folder:
+                step = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)["step"]
+        except Exception:  # a copy the dying driver left half-written
+            continue
+        if step < max_steps:
+            fs.create_dir(checkpoint.path)
+            log.warning("checkpoint %s is gone; continuing from the newer %s (step %d)", checkpoint.path, info.path,
+                        step)
+            return type(saved)(checkpoint=candidate, metrics=saved.metrics)
+    return saved

@@ -9,11 +9,13 @@ import importlib.metadata
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ptplus_tune.data import EMBEDDED_DATASET
 from ptplus_tune.data.identity import dataset_identity, model_identity
 from ptplus_tune.errors import PTPlusError
+from ptplus_tune.trial.checkpoint import ADAPTER_DIR
 from ptplus_tune.tracking.target import (MODEL_URI, SPACE_SHA256, STATUS, STOP_REASON, STUDY, TRIAL_ID, Target,
                                          check_reachable, child_runs, client, trial_run)
 
@@ -137,7 +139,11 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
         if MODEL_URI not in run.data.tags and trial.checkpoint_ref is not None:
             # A trial ASHA stopped (or that failed) cannot log its adapter itself; its last checkpoint holds it.
             with trial.checkpoint_ref.as_directory() as folder:
-                log_adapter(mlflow_client, run.info.run_id, folder, int(trial.metrics.get("step", 0)))
+                if (Path(folder) / ADAPTER_DIR).is_dir():
+                    log_adapter(mlflow_client, run.info.run_id, folder, int(trial.metrics.get("step", 0)))
+                else:  # e.g. a failed trial whose recorded checkpoint a newer one replaced before the driver died
+                    log.warning("trial %s: its checkpoint %s is gone; its run gets no adapter", trial.trial_id,
+                                trial.checkpoint)
         runs[trial.trial_id] = mlflow_client.get_run(run.info.run_id)
     known = {trial.trial_id for trial in result.trials}
     for run in child_runs(mlflow_client, target):  # a run whose trial Tune no longer knows (a killed driver)
