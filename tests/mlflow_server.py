@@ -17,8 +17,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts: str, timeout: float = 120):
-    port = free_port()
+def mlflow_server(backend_uri: str, artifacts: str, timeout: float = 120, port: int | None = None):
+    port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(os.path.join(artifacts, "..", f"mlflow-server-{port}.log"), "w")
     proc = subprocess.Popen(

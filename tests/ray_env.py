@@ -15,3 +15,18 @@ def ray_env(**extra) -> dict:
 def kill_ray_under(root: str) -> None:
     """SIGKILL every process whose command line mentions this test's Ray temp root."""
     subprocess.run(["pkill", "-9", "-f", root], check=False)
+
+
+def processes_under(root: str) -> list[int]:
+    """PIDs of the live processes started with this test's Ray temp root in their environment (drivers, Ray's own
+    processes and its workers, whatever their command line became)."""
+    pids = []
+    for proc in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{proc}/environ", "rb") as env, open(f"/proc/{proc}/stat") as stat:
+                alive = stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+                if alive and f"RAY_TMPDIR={root}".encode() in env.read():
+                    pids.append(int(proc))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids

@@ -70,6 +70,11 @@ CASES = {  # id: (how to build the space path and extra flags, expected message)
         t, "c.csv", b"body,topic\n" + b"some text,red\n" * 60)}), []), "has no column 'text'"),
     "one class": (lambda t, tt: (_space(t, tt, trial={"dataset": _data(t, "one.jsonl", ONE_CLASS)}), []),
                   "only the class 'blue'"),
+    "too few rows for the splits": (lambda t, tt: (_space(t, tt, trial={"validation_size": 60, "test_size": 60}), []),
+                                    "colours.jsonl has 90 rows but the splits need 123"),
+    "k_shot beyond the data": (lambda t, tt: (_space(t, tt, trial={"k_shot": 40}), []),
+                               "has 90 rows but the splits need 150"),
+    "zero max-concurrent flag": (lambda t, tt: (_space(t, tt), ["--max-concurrent", "0"]), "max_concurrent"),
     "model folder without config": (lambda t, tt: (_space(t, tt, trial={"model": str(t)}), []), "has no config.json"),
 }
 

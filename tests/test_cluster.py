@@ -6,34 +6,17 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from tests.postgres import postgres_database
 from tests.studies import space_file
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces (unshare)")
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40
-
-
-@contextmanager
-def postgres_database():
-    """A fresh database on the local PostgreSQL server (127.0.0.1:5432, trust auth), dropped afterwards."""
-    import psycopg2
-
-    name = f"ptplus_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
-    admin.autocommit = True
-    try:
-        admin.cursor().execute(f"CREATE DATABASE {name}")
-        yield name
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def test_a_study_spans_two_nodes_and_survives_losing_one(tmp_path, tiny_trial):
@@ -86,3 +69,38 @@ def test_ray_up_on_loopback_runs_a_study_and_ray_down_leaves_nothing(tmp_path, t
     assert "study e2e done" in proc.stdout and "registered: models:/" in proc.stdout
     assert not (Path.home() / "ray_bootstrap_config.yaml").exists()
     assert set(Path("/var/tmp").glob("ptplus-e2e.*")) <= before  # its work folder is gone too
+
+
+def test_two_studies_at_once_share_the_cluster_and_its_databases(tmp_path, tiny_trial):
+    """Two drivers against one two-node cluster, one MLflow server and one Optuna database on PostgreSQL."""
+    concurrent = 3
+    space = space_file(tmp_path, tiny_trial, max_steps=STEPS, num_samples=4, max_concurrent=concurrent,
+                       scheduler={"grace_period": STEPS, "reduction_factor": 2})
+    work = tmp_path / "w"
+    work.mkdir()
+    with postgres_database() as mlflow_db, postgres_database() as optuna_db:
+        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--net", sys.executable, "-m",
+                               "tests.concurrent_scenario", space, str(work), mlflow_db, optuna_db], cwd=ROOT,
+                              capture_output=True, text=True, timeout=1500)
+    ray_log = work / "ray.log"
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:] + (ray_log.read_text()[-2000:] if
+                                                                         ray_log.exists() else "")
+    seen = json.loads((work / "scenario.json").read_text())
+    assert sorted(seen["optuna"]) == ["alice", "bob"]  # both studies in the one Optuna database
+    for name in ("alice", "bob"):
+        study = seen[name]
+        assert study["returncode"] == 0, study["stderr"][-3000:]
+        assert "(4 completed, 0 stopped early by ASHA, 0 failed)" in study["stdout"]
+        assert all(steps == list(range(2, STEPS + 1, 2)) for steps in study["results"].values()), study["results"]
+        # Each study's runs in its own experiment: its parent and exactly its own four trials.
+        trials = [r for r in study["runs"] if r["trial_id"] is not None]
+        assert sorted(r["trial_id"] for r in trials) == sorted(study["results"])
+        assert all(r["study"] == name and r["status"] == "FINISHED" for r in study["runs"])
+        assert seen["optuna"][name].count("COMPLETE") == 4
+        # Never more than max_concurrent of its trials at once (run start/end times).
+        events = sorted([(r["start"], 1) for r in trials] + [(r["end"], -1) for r in trials])
+        running = [sum(change for _, change in events[:i + 1]) for i in range(len(events))]
+        assert max(running) <= concurrent, events
+        assert f"optuna-dashboard postgresql+psycopg2://postgres@/" in study["stdout"]
+    assert sorted(seen["versions"]) == ["1", "2"]  # both registered a version of the shared model name
+    assert "Traceback" not in seen["server_log"], seen["server_log"][-3000:]

@@ -27,7 +27,9 @@ def test_cluster_configs_validate_and_start_mlflow_on_the_head(name):
     assert "--dashboard-host=127.0.0.1" in start  # the dashboard is reached by port forwarding
     setup = " ".join(config["setup_commands"])
     assert 'pip install -q -e "$HOME/ptplus-tune[data]"' in setup and "PTPLUS_STORAGE_PATH=/mnt/shared" in setup
-    assert "MLFLOW_TRACKING_URI=http://" in " ".join(config["head_setup_commands"])
+    head = " ".join(config["head_setup_commands"])
+    assert "MLFLOW_TRACKING_URI=http://" in head
+    assert "createdb -O mlflow optuna" in head and "PTPLUS_OPTUNA_STORAGE=postgresql+psycopg2://" in head
     assert config["file_mounts"] == {"~/ptplus-tune": "."}
     assert "ray start --address=$RAY_HEAD_IP" in " ".join(config["worker_start_ray_commands"])
 

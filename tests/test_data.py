@@ -1,6 +1,7 @@
 """Data: embedded corpus, local files, stable stratified splits, k-shot, prompts, bad input."""
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -39,13 +40,25 @@ def test_splits_are_stable_disjoint_and_stratified():
 def test_k_shot_takes_k_per_class_and_refuses_more_than_a_class_has():
     splits = make_splits(_parts(), validation_size=15, test_size=30, k_shot=4)
     assert Counter(e.label for e in splits.train) == {"blue": 4, "green": 4, "red": 4}
-    with pytest.raises(PTPlusError, match="k_shot=16 but class '.*' has only 15 training examples"):
-        make_splits(_parts(), validation_size=15, test_size=30, k_shot=16)
+    few_red = {"all": [e for e in _parts()["all"] if e.label != "red"] + [e for e in _parts()["all"]
+                                                                          if e.label == "red"][:10]}
+    with pytest.raises(PTPlusError, match=r"k_shot=12 but class 'red' has only \d+ training examples"):
+        make_splits(few_red, validation_size=3, test_size=3, k_shot=12)
 
 
-def test_empty_split_is_a_clear_error():
-    with pytest.raises(PTPlusError, match="split is empty"):
-        make_splits(_parts(2), validation_size=1, test_size=1)
+@pytest.mark.parametrize("sizes, k_shot, need", [
+    ((150, 300), None, "453 (validation_size 150 + test_size 300 + 1 per class x 3 classes for training)"),
+    ((15, 30), 16, "93 (validation_size 15 + test_size 30 + 16 per class x 3 classes for training)"),
+])
+def test_too_few_rows_for_the_splits_is_one_clear_error(sizes, k_shot, need):
+    with pytest.raises(PTPlusError, match=re.escape(f"colours.jsonl has 90 rows but the splits need {need}")):
+        make_splits(_parts(), *sizes, k_shot=k_shot, where="colours.jsonl")
+
+
+def test_given_splits_count_only_what_they_do_not_provide():
+    rows = _parts()["all"]
+    splits = make_splits({"train": rows[:30], "validation": rows[30:60], "test": rows[60:]}, 150, 300)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (30, 30, 30)
 
 
 def test_local_jsonl_and_csv(tmp_path):

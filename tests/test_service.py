@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from tests.postgres import loopback_url, postgres_database
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import MAX_STEPS, run_cli, space_file, study_runs, trial_results
 
@@ -49,12 +50,27 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     assert "(then open http://127.0.0.1:5000/#/experiments/1/runs)" in proc.stdout  # the runs page, not GenAI
 
 
-def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial, tracking_server):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def optuna_storage(request, tmp_path):
+    """The study's Optuna storage: its own sqlite file (local default) or a PostgreSQL database (a cluster's)."""
+    if request.param == "sqlite":
+        yield None, f"sqlite:///{tmp_path / 'results' / 's2' / 'optuna.db'}"  # the test's study is s2
+        return
+    with postgres_database() as database:
+        yield loopback_url(database), loopback_url(database)
+
+
+def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial, tracking_server, optuna_storage):
+    import optuna
+    from optuna.trial import TrialState
+
+    flag, storage = optuna_storage
+    name = "s2" if flag is None else "s2pg"  # one tracking server for the session: one experiment name each
     env = ray_env()
     space = space_file(tmp_path, tiny_trial, num_samples=5)
-    args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", "s2", "--tracking-uri",
-            tracking_server, "--no-register"]
-    study = tmp_path / "results" / "s2"
+    args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", name, "--tracking-uri",
+            tracking_server, "--no-register", *(["--optuna-storage", flag] if flag else [])]
+    study = tmp_path / "results" / name
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
@@ -63,6 +79,7 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
             finals = [rows[-1] for rows in trial_results(study).values()]
             if sum(r["step"] >= 4 for r in finals) >= 2:
                 break
+            assert driver.poll() is None, f"the driver ended early (exit {driver.returncode})"
             time.sleep(0.5)
         else:
             pytest.fail("the study made no progress")
@@ -72,9 +89,11 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
         kill_ray_under(env["RAY_TMPDIR"])
     before = trial_results(study)
     assert 0 < len(before) <= 5
+    # An Optuna trial the killed driver had opened after Tune last saved its state: RUNNING, known to no Tune trial.
+    stale = optuna.load_study(study_name=name, storage=storage).ask().number
     env = ray_env()
     try:
-        proc = run_cli(["--resume", "s2", "--storage-path", str(tmp_path / "results")], env, cwd=tmp_path)
+        proc = run_cli(["--resume", name, "--storage-path", str(tmp_path / "results")], env, cwd=tmp_path)
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,9 +104,17 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
         assert len(steps) == len(set(steps)), f"trial {tid} ran steps twice: {steps}"
     configs = [json.dumps(rows[0]["config"], sort_keys=True) for rows in after.values()]
     assert len(set(configs)) == 5
+    # Optuna (in the storage the study was started with; --resume found it by itself): one closed trial per Tune
+    # trial, the stale ones closed as failed, nothing left RUNNING.
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    assert trials[stale].state == TrialState.FAIL
+    assert sum(t.state != TrialState.FAIL for t in trials) == 5
+    assert (study / "optuna.db").is_file() == (flag is None)
+    assert f"optuna study: optuna-dashboard {storage}" in proc.stdout
     # MLflow (the resumed study found its tracking server by itself): the same runs kept, one per trial, no
     # evaluation logged twice or lost, none left RUNNING.
-    runs = {r.data.tags["ptplus.trial_id"]: r for r in study_runs(tracking_server, "s2")}
+    runs = {r.data.tags["ptplus.trial_id"]: r for r in study_runs(tracking_server, name)}
     assert sorted(runs) == sorted(after)
     client = MlflowClient(tracking_server)
     for tid, rows in after.items():

@@ -45,3 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     except PTPlusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a study started (a running study handles it: service.interrupt)
+        print("interrupted", file=sys.stderr)
+        return 130

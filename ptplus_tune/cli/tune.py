@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ptplus_tune.errors import PTPlusError
+
 
 TUNE_EXAMPLES = """examples:
   ptplus-tune --space default                         # the default study on this machine (or the running cluster)
@@ -39,13 +41,18 @@ def build_tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage-path", default=os.environ.get("PTPLUS_STORAGE_PATH", "ptplus_results"),
                         help="where studies keep their state; on a multi-node cluster a folder every node shares "
                              "(NFS) [PTPLUS_STORAGE_PATH, else ./ptplus_results]")
+    parser.add_argument("--optuna-storage", metavar="URL", default=os.environ.get("PTPLUS_OPTUNA_STORAGE"),
+                        help="database of the Optuna study, e.g. postgresql+psycopg2://user@head:5432/optuna on a "
+                             "cluster (one database for all studies; optuna-dashboard URL shows them) "
+                             "[PTPLUS_OPTUNA_STORAGE, else optuna.db in the study's folder]")
     parser.add_argument("--name", help="study name [<space>-<date>-<time>]")
     parser.add_argument("--resume", metavar="NAME", help="continue the study NAME under --storage-path")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://host:5000, what a cluster "
                         "uses) or a database [MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db]")
     parser.add_argument("--registered-model", metavar="NAME", help="register the best adapter as a new version of "
-                        "NAME [ptplus-<dataset>]")
-    parser.add_argument("--no-register", action="store_true", help="do not register the best adapter")
+                        "NAME [ptplus-<dataset>; --resume: what the study was started with]")
+    parser.add_argument("--no-register", action="store_true", help="do not register the best adapter (--resume "
+                        "remembers it)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and plan, start nothing")
     parser.add_argument("--top", type=int, default=5, help="trials in the final table [5]")
     parser.add_argument("-q", "--quiet", action="store_true", help="plain event lines instead of the live view "
@@ -139,12 +146,27 @@ def check_inputs(spec) -> None:
     load_splits(config)
 
 
+def _tracked(action, uri: str, name: str, storage_path: str):
+    """The study's last MLflow writes; if the server went away, one line on how to log them once it is back
+    (`--resume` of a finished study runs nothing and logs everything again)."""
+    from ptplus_tune.service.study import resume_command
+
+    try:
+        return action()
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PTPlusError(f"the study's results are saved, but logging them to MLflow at {uri} failed ({detail}); "
+                          f"once it answers again, `{resume_command(name, storage_path)}` logs them") from exc
+
+
 def cmd_tune(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.service import check_gpus, concurrency, connect, experiment_path, run_study
-    from ptplus_tune.service.study import check_new, saved_spec, saved_tracking_uri
+    from ptplus_tune.service.interrupt import exit_code
+    from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
+    from ptplus_tune.service.study import check_new, optuna_storage_of, resume_command, saved_spec, saved_tracking_uri
     from ptplus_tune.spaces import load_space
-    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
+    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, interrupt_study, open_study
 
     if args.resume:
         name = args.resume
@@ -164,6 +186,11 @@ def cmd_tune(args) -> int:
         return 0
 
     check_inputs(spec)
+    optuna_storage = optuna_storage_of(args.storage_path, name, args.optuna_storage)
+    if args.resume:
+        open_storage(optuna_storage)
+    elif args.optuna_storage:  # (the default, a new study's own sqlite file, is created with the study)
+        check_new_study(optuna_storage, name)
     resumed_uri = saved_tracking_uri(args.storage_path, name) if args.resume else None
     tracking_uri = args.tracking_uri or resumed_uri or default_tracking_uri()
     check_reachable(tracking_uri)
@@ -172,16 +199,28 @@ def cmd_tune(args) -> int:
     print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path, concurrency(spec))}; on {where}",
           file=sys.stderr)
     started = time.time()
-    target = open_study(tracking_uri, spec, name, resume=bool(args.resume))
+    wanted = "" if args.no_register else args.registered_model or (None if args.resume else
+                                                                   default_registered_model(spec))
+    target = open_study(tracking_uri, spec, name, resume=bool(args.resume), registered_model=wanted)
     view = display.attach(name, args.quiet)
     try:
-        result = run_study(spec, name, args.storage_path, resume=bool(args.resume), tracking=target)
+        result = run_study(spec, name, args.storage_path, resume=bool(args.resume), tracking=target,
+                           optuna_storage=optuna_storage)
     finally:
         display.detach(view)
-    registered_model = None if args.no_register else args.registered_model or default_registered_model(spec)
+    if result.interrupted:
+        _tracked(lambda: interrupt_study(target, result), tracking_uri, name, args.storage_path)
+        counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "interrupted")}
+        print(f"\nstudy {name} interrupted after {time.time() - started:.0f} s: {counts['completed']} trials "
+              f"completed, {counts['early_stopped']} stopped early, {counts['interrupted']} interrupted; nothing "
+              f"registered; its state is saved in {path}", file=sys.stderr)
+        print(f"continue it with: {resume_command(name, args.storage_path)}", file=sys.stderr)
+        return exit_code(result.interrupted)
+    registered_model = default_registered_model(spec) if target.registered_model is None else \
+        target.registered_model or None
     print(f"logging the study to MLflow ({tracking_uri}) ...", file=sys.stderr)
-    tracked = finish_study(target, result, spec, optuna_storage=f"sqlite:///{path / 'optuna.db'}",
-                           registered_model=registered_model)
+    tracked = _tracked(lambda: finish_study(target, result, spec, optuna_storage=result.optuna_storage,
+                                            registered_model=registered_model), tracking_uri, name, args.storage_path)
 
     counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
     by_asha = sum(t.stop_reason == "asha" for t in result.trials)
@@ -201,7 +240,7 @@ def cmd_tune(args) -> int:
         print(f"  {key}: {value}")
     if best.checkpoint:
         print(f"best adapter: {Path(best.checkpoint) / 'adapter'}")
-    print(f"optuna study: optuna-dashboard sqlite:///{path / 'optuna.db'}")
+    print(f"optuna study: optuna-dashboard {display_url(result.optuna_storage)}")
     print(f"mlflow: experiment {tracked.experiment_id}, study run {tracked.parent_run_id}, best trial run "
           f"{tracked.best_run_id}")
     reg = tracked.registration

@@ -138,6 +138,18 @@ def _take_stratified(examples: list[Example], n: int, rng: random.Random) -> tup
     return taken, rest
 
 
+def _check_enough_rows(pool: list[Example], validation: int, test: int, k_shot: int | None, where: str) -> None:
+    """The validation and test examples come out of the same rows as training: there must be enough of them."""
+    classes = len({ex.label for ex in pool})
+    train = (k_shot or 1) * classes
+    if len(pool) < validation + test + train:
+        need = " + ".join(part for part in (f"validation_size {validation}" if validation else "",
+                                            f"test_size {test}" if test else "",
+                                            f"{k_shot or 1} per class x {classes} classes for training") if part)
+        raise PTPlusError(f"{where} has {len(pool)} rows but the splits need {validation + test + train} ({need}); "
+                          f"add rows or lower validation_size / test_size" + (" / k_shot" if k_shot else ""))
+
+
 def make_splits(
     parts: dict[str, list[Example]], validation_size: int = 150, test_size: int = 300, k_shot: int | None = None,
     seed: int = 0, where: str = "dataset",
@@ -147,10 +159,12 @@ def make_splits(
     pool = parts.get("train") or parts.get("all") or []
     test = parts.get("test")
     validation = parts.get("validation") or parts.get("valid") or parts.get("dev")
+    _check_enough_rows(pool, validation_size if validation is None else 0, test_size if test is None else 0, k_shot,
+                       where)
     if test is None:
-        test, pool = _take_stratified(pool, min(test_size, len(pool) // 3), rng)
+        test, pool = _take_stratified(pool, test_size, rng)
     if validation is None:
-        validation, pool = _take_stratified(pool, min(validation_size, len(pool) // 2), rng)
+        validation, pool = _take_stratified(pool, validation_size, rng)
     elif len(validation) > validation_size:
         validation, _ = _take_stratified(validation, validation_size, rng)
     for name, split in (("train", pool), ("validation", validation), ("test", test)):

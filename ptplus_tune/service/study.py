@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ptplus_tune.errors import PTPlusError
+from ptplus_tune.service.interrupt import Interruption
+from ptplus_tune.service.optuna_store import StudySearch, local_storage, open_storage
 from ptplus_tune.spaces import StudySpec, define_by_run
 
 log = logging.getLogger(__name__)
-OPTUNA_DB = "optuna.db"
 SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
 TRACKING_FILE = "tracking_uri"  # where its runs are, so that --resume writes to them again
+OPTUNA_FILE = "optuna_storage"  # where its Optuna trials are (service.optuna_store), likewise
 
 
 @dataclass
@@ -23,7 +25,7 @@ class TrialSummary:
     trial_id: str
     config: dict[str, Any]
     metrics: dict[str, Any]  # the trial's last report
-    status: str  # completed | early_stopped | failed
+    status: str  # completed | early_stopped | failed | interrupted (still running when the study was interrupted)
     stop_reason: str | None = None  # early_stopped: `asha` or the dead-trial rule that fired (trial.rules)
     checkpoint: str | None = None  # its last checkpoint folder (holds `adapter/`)
     checkpoint_ref: Any = field(default=None, repr=False, compare=False)  # the ray.tune.Checkpoint itself
@@ -36,6 +38,8 @@ class StudyResult:
     metric: str
     mode: str
     trials: list[TrialSummary] = field(default_factory=list)
+    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that ended the study before its trials did
+    optuna_storage: str = ""  # the RDB URL of its Optuna study
 
     @property
     def best(self) -> TrialSummary | None:
@@ -64,6 +68,10 @@ def stop_reason_of(result: dict, max_steps: int) -> str | None:
     return result.get("stop_reason") or "asha"
 
 
+def resume_command(name: str, storage_path: str) -> str:
+    return f"ptplus-tune --resume {name} --storage-path {experiment_path(storage_path, name).parent}"
+
+
 def experiment_path(storage_path: str, name: str) -> Path:
     return Path(storage_path).expanduser().resolve() / name
 
@@ -90,6 +98,14 @@ def saved_tracking_uri(storage_path: str, name: str) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def optuna_storage_of(storage_path: str, name: str, given: str | None = None) -> str:
+    """A study's Optuna storage: the one it was started with (resumed), else `given`, else its own sqlite file."""
+    saved = experiment_path(storage_path, name) / OPTUNA_FILE
+    if saved.is_file():
+        return saved.read_text().strip()
+    return given or local_storage(experiment_path(storage_path, name))
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -97,21 +113,19 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_searcher(spec: StudySpec, name: str, path: Path):
+def build_searcher(spec: StudySpec, name: str, path: Path, optuna_storage: str | None = None):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     path.mkdir(parents=True, exist_ok=True)
-    # The Optuna study lives in an RDB file next to the experiment: `optuna-dashboard sqlite:///…/optuna.db`.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path / OPTUNA_DB}")
+    storage = open_storage(optuna_storage or local_storage(path))
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     else:
         sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed,
                                              n_startup_trials=spec.n_startup_trials)
     # `balance`: partial points, enqueued in the Optuna study; each pins one parameter, the sampler proposes the rest.
-    searcher = OptunaSearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
+    searcher = StudySearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
                             study_name=name, storage=storage, points_to_evaluate=spec.balanced_points() or None)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
@@ -129,10 +143,11 @@ def build_scheduler(spec: StudySpec):
 
 def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
               trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2,
-              tracking=None, stop=None) -> StudyResult:
+              tracking=None, stop=None, optuna_storage: str | None = None) -> StudyResult:
     """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised.
     `tracking`: a `ptplus_tune.tracking.Target`; each trial then writes its own MLflow run. `stop`: a Tune stopping
-    condition (e.g. a `tune.Stopper`), for benchmarks that end a study once a target is reached."""
+    condition (e.g. a `tune.Stopper`), for benchmarks that end a study once a target is reached. `optuna_storage`:
+    an RDB URL for the Optuna study of a new study (default: `optuna.db` in its folder; see service.optuna_store)."""
     import ray
     from ray import tune
 
@@ -158,11 +173,13 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         _write_atomic(path / SPEC_FILE, spec.to_yaml())
         if tracking is not None:
             _write_atomic(path / TRACKING_FILE, tracking.uri)
+        optuna_storage = optuna_storage or local_storage(path)
+        _write_atomic(path / OPTUNA_FILE, optuna_storage)
         progress = StudyProgress(spec.metric, spec.mode, spec.max_steps, study=name)
         tuner = tune.Tuner(
             runnable,
-            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=build_searcher(spec, name, path),
-                                        scheduler=build_scheduler(spec), num_samples=spec.num_samples,
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
+                                        search_alg=build_searcher(spec, name, path, optuna_storage), scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                                         reuse_actors=True),  # warm workers: base model and data stay loaded
             run_config=tune.RunConfig(
                 name=name, storage_path=str(path.parent),
@@ -174,11 +191,22 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         )
     board = open_board(name)
     try:
-        grid = tuner.fit()
+        with Interruption(f"Continue it with: {resume_command(name, storage_path)}") as interruption:
+            grid = tuner.fit()
     finally:
         ray.kill(board)
         shutil.rmtree(path / SCRATCH, ignore_errors=True)
-    return summarise(grid, name, path, spec)
+    result = summarise(grid, name, path, spec, unfinished=_unfinished(path) if interruption.signal else ())
+    result.interrupted = interruption.signal
+    result.optuna_storage = optuna_storage_of(storage_path, name)
+    return result
+
+
+def _unfinished(path: Path) -> set[str]:
+    """The trials an interrupted study left running or waiting, from the state Tune saved on the way out."""
+    from ray.tune import ExperimentAnalysis
+
+    return {t.trial_id for t in ExperimentAnalysis(str(path)).trials if t.status not in ("TERMINATED", "ERROR")}
 
 
 def _quiet_tune() -> None:
@@ -194,13 +222,16 @@ def _quiet_tune() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:
+def summarise(grid, name: str, path: Path, spec: StudySpec, unfinished=()) -> StudyResult:
     result = StudyResult(name, str(path), spec.metric, spec.mode)
     for r in grid:
         metrics = dict(r.metrics or {})
         status = "failed" if r.error is not None else status_of(metrics.get("step", 0), spec.max_steps)
+        trial_id = metrics.get("trial_id") or _trial_id_of(r.path)
+        if trial_id in unfinished and status != "failed":
+            status = "interrupted"
         result.trials.append(TrialSummary(
-            trial_id=metrics.get("trial_id") or os.path.basename(r.path),
+            trial_id=trial_id,
             config={k: v for k, v in (r.config or {}).items()},
             metrics={k: v for k, v in metrics.items() if k != "config"},
             status=status,
@@ -209,3 +240,9 @@ def summarise(grid, name: str, path: Path, spec: StudySpec) -> StudyResult:
             checkpoint_ref=r.checkpoint,
         ))
     return result
+
+
+def _trial_id_of(trial_path: str) -> str:
+    """A trial folder is `<Trainable>_<trial id>_<n>_<config>_<date>` (a trial that never reported has no metrics)."""
+    parts = os.path.basename(trial_path).split("_")
+    return parts[1] if len(parts) > 1 else parts[0]

@@ -57,7 +57,8 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             if tracking is not None:
                 from ptplus_tune.tracking.trial_run import TrialRun
 
-                self.run = TrialRun(tracking, self.trial_id, self.trial_config.hyperparameters())
+                self._track(lambda: setattr(self, "run", TrialRun(tracking, self.trial_id,
+                                                                   self.trial_config.hyperparameters())))
             self._shown = 0.0
             self._scratch = Path(study_path or self.logdir) / SCRATCH / self.trial_id
             shutil.rmtree(self._scratch, ignore_errors=True)  # left by an attempt that was killed
@@ -80,16 +81,26 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             loss = session.train_loss if session is not None else None
             self._board.update.remote(self.trial_id, {"step": step, "train_loss": loss})
 
+        def _track(self, action) -> None:
+            """MLflow is where results are shown, not what training needs: when the server stops answering, the
+            trial trains on untracked (its reports still reach Tune) and the driver logs what it can at the end."""
+            try:
+                action()
+            except Exception as exc:
+                log.warning("trial %s: MLflow tracking failed (%s); training goes on untracked", self.trial_id,
+                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                self.run = None
+
         def _on_log(self, point: dict) -> None:
             if self.run is not None:
-                self.run.log_metrics(point, evaluation=False)
+                self._track(lambda: self.run.log_metrics(point, evaluation=False))
 
         def step(self) -> dict[str, Any]:
             metrics = self.session.advance()
             if self.run is not None:
-                self.run.log_metrics(metrics)
-                if self.session.step >= self.trial_config.max_steps:
-                    self._log_adapter()
+                self._track(lambda: self.run.log_metrics(metrics))
+            if self.run is not None and self.session.step >= self.trial_config.max_steps:
+                self._track(self._log_adapter)
             self._progress(self.session.step, self.trial_config.max_steps, force=True)
             worker = {"node_id": self.node_id, "setup_s": self.setup_s,
                       "worker_model_loads": self.session.host.model_loads}

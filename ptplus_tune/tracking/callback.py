@@ -16,18 +16,23 @@ class TrackTrialStatus(Callback):
     def __init__(self, target: Target, max_steps: int):
         self.target, self.max_steps = target, max_steps
         self._client = None
+        self._down = False
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; a client is rebuilt after restore
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_down": False}
 
     def _mark(self, trial, status: str, stop_reason: str | None = None) -> None:
         from ptplus_tune.tracking.study_run import mark_trial
 
+        if self._down:
+            return
         try:
             self._client = self._client or client(self.target.uri)
             mark_trial(self._client, self.target, trial.trial_id, status, trial.config, stop_reason)
         except Exception as exc:  # tracking trouble must not stop the study; finish_study marks it again
-            log.warning("could not record trial %s as %s in MLflow: %s", trial.trial_id, status, exc)
+            log.warning("could not record trial %s as %s in MLflow (%s); not trying again before the study ends",
+                        trial.trial_id, status, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            self._down = True  # each try waits out MLflow's retries, which would stall Tune's loop
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         from ptplus_tune.service.study import status_of, stop_reason_of

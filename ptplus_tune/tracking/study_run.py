@@ -16,15 +16,15 @@ from ptplus_tune.data import EMBEDDED_DATASET
 from ptplus_tune.data.identity import dataset_identity, model_identity
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.checkpoint import ADAPTER_DIR
-from ptplus_tune.tracking.target import (MODEL_URI, SPACE_SHA256, STATUS, STOP_REASON, STUDY, TRIAL_ID, Target,
-                                         check_reachable, child_runs, client, trial_run)
+from ptplus_tune.tracking.target import (MODEL_URI, REGISTERED_MODEL, SPACE_SHA256, STATUS, STOP_REASON, STUDY,
+                                         TRIAL_ID, Target, check_reachable, child_runs, client, trial_run)
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("ptplus-tune", "torch", "transformers", "peft", "ray", "optuna", "mlflow", "datasets")
 # The MLflow UI opens a model-training experiment on its runs, not on the GenAI traces overview.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 NOTE = "mlflow.note.content"  # a run's description in the UI, rendered as markdown
-RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED"}
+RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 EVALUATION_KEYS = ("dataset", "text_column", "label_column", "validation_size", "test_size", "data_seed",
                    "prompt_template", "target_template", "max_length")
 
@@ -61,8 +61,10 @@ def _log_params(mlflow_client, run_id: str, params: dict[str, Any]) -> None:
         mlflow_client.log_batch(run_id, params=items[start:start + 100])
 
 
-def open_study(uri: str, spec, name: str, resume: bool) -> Target:
-    """The study's experiment and parent run: new ones, or with `resume` the existing ones (reopened)."""
+def open_study(uri: str, spec, name: str, resume: bool, registered_model: str | None = None) -> Target:
+    """The study's experiment and parent run: new ones, or with `resume` the existing ones (reopened).
+    `registered_model` ("" for none) is kept on the study run, so that a resumed study registers where the study
+    was meant to unless told otherwise (None)."""
     import mlflow
 
     check_reachable(uri)
@@ -84,13 +86,17 @@ def open_study(uri: str, spec, name: str, resume: bool) -> Target:
     if parent is None:
         parent = mlflow_client.create_run(experiment_id, run_name=name,
                                           tags={STUDY: name, SPACE_SHA256: spec.sha256, **_versions(),
-                                                NOTE: spec.description or ""})
+                                                NOTE: spec.description or "", REGISTERED_MODEL: registered_model or ""})
         _log_params(mlflow_client, parent.info.run_id, _study_params(spec))
         mlflow_client.log_text(parent.info.run_id, spec.to_yaml(), "study_space.yaml")
     else:
         mlflow_client.update_run(parent.info.run_id, status="RUNNING")
+        if registered_model is None:
+            registered_model = parent.data.tags.get(REGISTERED_MODEL)
+        else:
+            mlflow_client.set_tag(parent.info.run_id, REGISTERED_MODEL, registered_model)
     log.info("tracking study %s in MLflow experiment %s, run %s", name, experiment_id, parent.info.run_id)
-    return Target(uri, experiment_id, parent.info.run_id, name)
+    return Target(uri, experiment_id, parent.info.run_id, name, registered_model)
 
 
 def mark_trial(mlflow_client, target: Target, trial_id: str, status: str, config: dict[str, Any],
@@ -122,6 +128,16 @@ class TrackingReport:
     parent_run_id: str
     best_run_id: str | None = None
     registration: Any = None  # registry.Registration, when the best adapter was registered
+
+
+def interrupt_study(target: Target, result) -> None:
+    """An interrupted study: each trial's run says how far it got (KILLED and `ptplus.status=interrupted` for those
+    still running, which `--resume` reopens), the study's run is KILLED, nothing is registered."""
+    mlflow_client = client(target.uri)
+    for trial in result.trials:
+        mark_trial(mlflow_client, target, trial.trial_id, trial.status, trial.config, trial.stop_reason)
+    mlflow_client.set_tag(target.parent_run_id, STATUS, "interrupted")
+    mlflow_client.set_terminated(target.parent_run_id, "KILLED")
 
 
 def finish_study(target: Target, result, spec, optuna_storage: str | None = None,
@@ -184,6 +200,7 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
                          best_run.info.run_id, TRIAL_ID: best.trial_id, SPACE_SHA256: spec.sha256,
                          "ptplus.base_model": model_identity(spec.trial.get("model")),
                          "ptplus.dataset": dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET))})
+    mlflow_client.set_tag(parent, STATUS, "finished")
     mlflow_client.set_terminated(parent, "FINISHED")
     return report
 

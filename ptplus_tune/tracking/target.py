@@ -24,6 +24,7 @@ STOP_REASON = "ptplus.stop_reason"  # early_stopped: asha, or the dead-trial rul
 STUDY = "ptplus.study"
 SPACE_SHA256 = "ptplus.space_sha256"
 MODEL_URI = "ptplus.model_uri"  # the trial's logged adapter model, once it has one
+REGISTERED_MODEL = "ptplus.registered_model"  # on the study run: where its best adapter goes ("" = nowhere)
 PARENT_RUN = "mlflow.parentRunId"
 
 
@@ -33,6 +34,7 @@ class Target:
     experiment_id: str
     parent_run_id: str
     study: str
+    registered_model: str | None = None  # the study's choice ("": register nothing); None: not known
 
 
 def default_tracking_uri() -> str:

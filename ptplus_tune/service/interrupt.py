@@ -1,0 +1,77 @@
+"""Ctrl-C (SIGINT) and SIGTERM during a study.
+
+The first signal asks Tune to end the run the way its own Ctrl-C handling does (trials stop, the experiment state is
+saved once more, `fit` returns): we reach that handler through SIGUSR1, which Tune always listens to, and keep
+SIGINT for ourselves (TUNE_DISABLE_SIGINT_HANDLER) so that we know the study was interrupted and by what. A second
+signal exits at once, taking the local Ray instance it started along; a cluster ends this driver's trials itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger(__name__)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Tune's own words on interruption name its Python API (`Tuner.restore(...)`); the CLI says `--resume NAME` instead.
+TUNE_HINTS = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+
+
+def exit_code(signum: int) -> int:
+    return 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class _DropTuneHints(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TUNE_HINTS)
+
+
+class Interruption:
+    """`with Interruption(hint) as interruption: tuner.fit()`; afterwards `interruption.signal` is the signal that
+    ended the study early, or None. `hint` is printed when a second signal makes the process exit at once."""
+
+    def __init__(self, hint: str = ""):
+        self.hint = hint
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+        self._filter = _DropTuneHints()
+
+    def __enter__(self) -> "Interruption":
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        logging.getLogger("ray.tune.tune").addFilter(self._filter)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("ray.tune.tune").removeFilter(self._filter)
+        if self.signal is not None:
+            return  # what follows (saving what was done, shutting Ray down) still quits at once on a second signal
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signal is not None:
+            print(f"\n{name} again: quitting now. {self.hint}".rstrip(), file=sys.stderr, flush=True)
+            _kill_children()
+            os._exit(exit_code(signum))
+        self.signal = signum
+        log.warning("%s: stopping the study and saving its state (send it again to quit at once)", name)
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: end the run loop, save, return from fit
+
+
+def _kill_children() -> None:
+    """What this process started: a local Ray instance (its raylet, GCS, agents and trial workers). Trials on a
+    cluster are not among them; the cluster ends a driver's actors when the driver goes."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=5)

@@ -1,0 +1,79 @@
+"""Where a study's Optuna trials live, and the searcher that proposes from them.
+
+A local study keeps them in `optuna.db` (sqlite) next to its experiment. On a cluster the head's PostgreSQL holds
+them instead (`--optuna-storage postgresql+psycopg2://…/optuna`, which `cluster.yaml` makes the default through
+PTPLUS_OPTUNA_STORAGE): one database for every study, so `optuna-dashboard URL` on the head shows them all and
+nothing relies on sqlite over NFS. The URL is saved with the study, so `--resume` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ray.tune.search.optuna import OptunaSearch
+
+from ptplus_tune.errors import PTPlusError
+
+log = logging.getLogger(__name__)
+OPTUNA_DB = "optuna.db"
+STORAGE_ENV = "PTPLUS_OPTUNA_STORAGE"
+
+
+def local_storage(study_path: Path) -> str:
+    return f"sqlite:///{study_path / OPTUNA_DB}"
+
+
+def display_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def open_storage(url: str):
+    """An Optuna RDB storage (its tables created on first use); one clear line when it cannot be opened."""
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except ModuleNotFoundError as exc:
+        raise PTPlusError(f"the Optuna storage {display_url(url)} needs the Python package {exc.name!r}; install it "
+                          f"(PostgreSQL: pip install psycopg2-binary)") from exc
+    except Exception as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise PTPlusError(f"the Optuna storage {display_url(url)} cannot be opened ({detail[0] if detail else exc}); "
+                          f"check --optuna-storage (a PostgreSQL database must exist: createdb optuna)") from exc
+
+
+def check_new_study(url: str, name: str) -> None:
+    import optuna
+
+    storage = open_storage(url)
+    if any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)):
+        raise PTPlusError(f"the Optuna storage {display_url(url)} already has a study named {name!r}; choose another "
+                          f"--name")
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that, when a study is resumed, closes the Optuna trials its killed driver left RUNNING: those
+    Tune started after it last saved its state. Tune proposes their configurations again as new trials, so they
+    would otherwise stay RUNNING in the dashboard forever."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        close_stale_trials(self._ot_study, {t.number for t in self._ot_trials.values()})
+
+
+def close_stale_trials(study, known: set[int]) -> list[int]:
+    from optuna.trial import TrialState
+
+    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known]
+    for number in stale:
+        study.tell(number, state=TrialState.FAIL)
+    if stale:
+        log.info("closed %d Optuna trial(s) a killed driver left running: %s", len(stale), stale)
+    return stale
