@@ -38,10 +38,10 @@ def main(space: str, workdir: str, mlflow_db: str, optuna_db: str) -> None:
     (work / "artifacts").mkdir()
     out: dict = {}
     with mlflow_server(_socket_url(mlflow_db), str(work / "artifacts")) as tracking:
-        # 3 + 3 CPUs for two studies of up to 4 one-CPU trials each: they must share.
-        _ray("start", "--head", f"--port={HEAD_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
+        # 2 + 2 CPUs for two studies of up to 3 one-CPU trials at once each: they must share.
+        _ray("start", "--head", f"--port={HEAD_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
              "--include-dashboard=false", env=env, log=log)
-        _ray("start", f"--address=127.0.0.1:{HEAD_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=3",
+        _ray("start", f"--address=127.0.0.1:{HEAD_PORT}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
              env={**env, NODE_MARKER: "worker"}, log=log)
         drivers = {name: subprocess.Popen(
             [sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--address", f"127.0.0.1:{HEAD_PORT}",
@@ -57,6 +57,7 @@ def main(space: str, workdir: str, mlflow_db: str, optuna_db: str) -> None:
                 "returncode": driver.returncode, "stdout": stdout, "stderr": stderr,
                 "results": {tid: [r["step"] for r in rows] for tid, rows in trial_results(work / "results" / name).items()},
                 "runs": [{"trial_id": r.data.tags.get("ptplus.trial_id"), "study": r.data.tags.get("ptplus.study"),
+                          "run_id": r.info.run_id, "parent": r.data.tags.get("mlflow.parentRunId"),
                           "status": r.info.status, "start": r.info.start_time, "end": r.info.end_time}
                          for r in runs],
             }

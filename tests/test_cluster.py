@@ -93,14 +93,15 @@ def test_two_studies_at_once_share_the_cluster_and_its_databases(tmp_path, tiny_
         assert "(4 completed, 0 stopped early by ASHA, 0 failed)" in study["stdout"]
         assert all(steps == list(range(2, STEPS + 1, 2)) for steps in study["results"].values()), study["results"]
         # Each study's runs in its own experiment: its parent and exactly its own four trials.
+        (parent,) = [r for r in study["runs"] if r["trial_id"] is None]
         trials = [r for r in study["runs"] if r["trial_id"] is not None]
-        assert sorted(r["trial_id"] for r in trials) == sorted(study["results"])
-        assert all(r["study"] == name and r["status"] == "FINISHED" for r in study["runs"])
+        assert parent["study"] == name and sorted(r["trial_id"] for r in trials) == sorted(study["results"])
+        assert all(r["parent"] == parent["run_id"] and r["status"] == "FINISHED" for r in trials)
         assert seen["optuna"][name].count("COMPLETE") == 4
         # Never more than max_concurrent of its trials at once (run start/end times).
         events = sorted([(r["start"], 1) for r in trials] + [(r["end"], -1) for r in trials])
         running = [sum(change for _, change in events[:i + 1]) for i in range(len(events))]
         assert max(running) <= concurrent, events
-        assert f"optuna-dashboard postgresql+psycopg2://postgres@/" in study["stdout"]
+        assert "optuna study: optuna-dashboard postgresql+psycopg2://postgres@/" in study["stdout"]
     assert sorted(seen["versions"]) == ["1", "2"]  # both registered a version of the shared model name
     assert "Traceback" not in seen["server_log"], seen["server_log"][-3000:]

@@ -9,6 +9,8 @@ nothing relies on sqlite over NFS. The URL is saved with the study, so `--resume
 from __future__ import annotations
 
 import logging
+import random
+import time
 from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
@@ -38,15 +40,20 @@ def open_storage(url: str):
     """An Optuna RDB storage (its tables created on first use); one clear line when it cannot be opened."""
     import optuna
 
-    try:
-        return optuna.storages.RDBStorage(url)
-    except ModuleNotFoundError as exc:
-        raise PTPlusError(f"the Optuna storage {display_url(url)} needs the Python package {exc.name!r}; install it "
-                          f"(PostgreSQL: pip install psycopg2-binary)") from exc
-    except Exception as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise PTPlusError(f"the Optuna storage {display_url(url)} cannot be opened ({detail[0] if detail else exc}); "
-                          f"check --optuna-storage (a PostgreSQL database must exist: createdb optuna)") from exc
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except ModuleNotFoundError as exc:
+            raise PTPlusError(f"the Optuna storage {display_url(url)} needs the Python package {exc.name!r}; install "
+                              f"it (PostgreSQL: pip install psycopg2-binary)") from exc
+        except Exception as exc:
+            # Two studies starting at once on a new database both create its tables; the loser sees a duplicate.
+            if attempt < 2 and any(word in str(exc) for word in ("already exists", "duplicate key")):
+                time.sleep(1.0 + random.random())
+                continue
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise PTPlusError(f"the Optuna storage {display_url(url)} cannot be opened ({detail[0] if detail else exc})"
+                              f"; check --optuna-storage (a PostgreSQL database must exist: createdb optuna)") from exc
 
 
 def check_new_study(url: str, name: str) -> None:
