@@ -94,6 +94,11 @@ def main(space: str, workdir: str, database: str) -> None:
             "steps": sorted(m.step for m in client.get_metric_history(r.info.run_id, "eval_accuracy")),
         } for r in runs]
         _ray("stop", "--force", env=env, log=log)
+    write_outcome(work, out, ray_root)
+
+
+def write_outcome(work: Path, out: dict, ray_root: str) -> None:
+    """After `ray stop`: the scenario's findings and the MLflow server's log, as scenario.json."""
     shutil.rmtree(ray_root, ignore_errors=True)
     out["server_log"] = "".join(p.read_text() for p in work.glob("mlflow-server-*.log"))
     (work / "scenario.json").write_text(json.dumps(out))

@@ -5,15 +5,13 @@ starting `ptplus-tune` against the same `ray start --head`. Writes what it saw a
     unshare --pid --fork --mount-proc --net python -m tests.concurrent_scenario SPACE WORKDIR MLFLOW_DB OPTUNA_DB
 """
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tests.cluster_scenario import HEAD_PORT, NODE_MARKER, _ray
+from tests.cluster_scenario import HEAD_PORT, NODE_MARKER, _ray, write_outcome
 from tests.mlflow_server import mlflow_server
 from tests.studies import trial_results
 
@@ -66,9 +64,7 @@ def main(space: str, workdir: str, mlflow_db: str, optuna_db: str) -> None:
             for s in optuna.get_all_study_summaries(_socket_url(optuna_db), include_best_trial=False)}
         out["versions"] = [v.version for v in client.search_model_versions("name = 'shared-model'")]
         _ray("stop", "--force", env=env, log=log)
-    shutil.rmtree(ray_root, ignore_errors=True)
-    out["server_log"] = "".join(p.read_text() for p in work.glob("mlflow-server-*.log"))
-    (work / "scenario.json").write_text(json.dumps(out))
+    write_outcome(work, out, ray_root)
 
 
 if __name__ == "__main__":

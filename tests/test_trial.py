@@ -135,7 +135,7 @@ def test_each_method_trains(tiny_trial, method):
 @pytest.mark.parametrize("bad, message", [
     ({"model": "/nonexistent/model"}, "model path /nonexistent/model does not exist"),
     ({"text_column": "body"}, "has no column 'body'"),
-    ({"k_shot": 40}, "k_shot=40 but class"),
+    ({"k_shot": 40}, "has 90 rows but the splits need 150"),
     ({"validation_size": 0}, "validation_size must be an integer >= 1"),
     ({"learning_rate": -1.0}, "learning_rate must be > 0"),
     ({"feature_map": "tanh"}, "unknown feature_map 'tanh'"),
