@@ -189,7 +189,7 @@ def test_cli_train_writes_an_adapter_that_reproduces_its_metrics(tiny_trial, tmp
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["--k-shot", "99"], "error: .*k_shot=99 but class"),
+    (["--k-shot", "99"], "error: .*has 90 rows but the splits need .* 99 per class x 3 classes"),
     (["--dataset", "missing.jsonl"], "error: data file missing.jsonl does not exist"),
     (["--feature-map", "tanh"], "error: unknown feature_map 'tanh'; choose one of"),
     (["--config", "nope.yaml"], "error: config file nope.yaml does not exist"),
