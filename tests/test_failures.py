@@ -1,10 +1,15 @@
-"""What happens when the MLflow server goes away during a study: training goes on, the study ends with one line on
-how to log it, and `--resume` logs everything once the server is back."""
+"""What happens when the MLflow server goes away during a study (training goes on, the study ends with one line on
+how to log it, `--resume` logs everything once the server is back) or the disk fills up (the study stops like
+Ctrl-C while there is still room for its state, and `--resume` finishes it once there is more)."""
 
+import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.mlflow_server import free_port, mlflow_server
@@ -12,6 +17,7 @@ from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import run_cli, space_file, study_runs, trial_results
 
 STEPS, EVERY = 1000, 100
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_tracking_server_that_goes_away_loses_no_training(tmp_path, tiny_trial):
@@ -61,3 +67,45 @@ def test_a_tracking_server_that_goes_away_loses_no_training(tmp_path, tiny_trial
                    "ptplus.model_uri" in r.data.tags for r in runs)
         client = MlflowClient(url)
         assert client.get_model_version_by_alias("reg-gone", "champion").version == "1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace (unshare)")
+def test_a_disk_filling_up_stops_the_study_cleanly_and_resume_finishes_it(tmp_path, tiny_trial, tracking_server):
+    space = space_file(tmp_path, tiny_trial, max_steps=STEPS, eval_every=EVERY, num_samples=3, max_concurrent=2,
+                       scheduler={"type": "none"})
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
+                           "tests.disk_full_scenario", space, str(work), tracking_server], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    seen = json.loads((work / "scenario.json").read_text())
+    full, resumed = seen["full"], seen["resumed"]
+    assert full["returncode"] == 1, full["stderr"][-3000:]
+    assert "interrupted after" in full["stderr"] and "(the disk that holds it is nearly full (" in full["stderr"]
+    assert full["stderr"].strip().splitlines()[-1] == (
+        f"continue it with: free some space, then ptplus-tune --resume fd --storage-path {seen['results']}")
+    assert seen["versions_when_full"] == 0  # nothing registered while the study was stopped
+    assert resumed["returncode"] == 0, resumed["stderr"][-3000:]
+    assert len(resumed["steps"]) == 3
+    for steps in resumed["steps"].values():
+        assert steps == list(range(EVERY, STEPS + 1, EVERY)), steps  # every evaluation once, nothing trained twice
+    assert "(3 completed, 0 stopped early by ASHA, 0 failed)" in resumed["stdout"]
+    runs = study_runs(tracking_server, "fd")
+    assert sorted(r.data.tags["ptplus.trial_id"] for r in runs) == sorted(resumed["steps"])
+    for run in runs:  # MLflow: every evaluation once, the run ended as completed
+        history = MlflowClient(tracking_server).get_metric_history(run.info.run_id, "eval_accuracy")
+        assert sorted(m.step for m in history) == list(range(EVERY, STEPS + 1, EVERY))
+        assert run.info.status == "FINISHED" and run.data.tags["ptplus.status"] == "completed"
+    assert MlflowClient(tracking_server).get_model_version_by_alias("reg-fd", "champion").version == "1"
+
+
+def test_a_disk_already_nearly_full_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
+    from ptplus_tune.cli import main
+
+    monkeypatch.setenv("PTPLUS_MIN_FREE_MB", str(10**12))  # more than any disk has
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "quick", "--storage-path", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: the disk that holds {tmp_path / 'results' / 'quick-'}"), err
+    assert "is nearly full (" in err[0] and not (tmp_path / "results").exists()

@@ -162,7 +162,8 @@ def _tracked(action, uri: str, name: str, storage_path: str):
 def cmd_tune(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.service import check_gpus, concurrency, connect, experiment_path, run_study
-    from ptplus_tune.service.interrupt import exit_code
+    from ptplus_tune.service.disk import check_room, describe, free_bytes
+    from ptplus_tune.service.interrupt import LOW_DISK, exit_code
     from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
     from ptplus_tune.service.study import check_new, optuna_storage_of, resume_command, saved_spec, saved_tracking_uri
     from ptplus_tune.spaces import load_space
@@ -186,6 +187,7 @@ def cmd_tune(args) -> int:
         return 0
 
     check_inputs(spec)
+    check_room(path)
     optuna_storage = optuna_storage_of(args.storage_path, name, args.optuna_storage)
     if args.resume:
         open_storage(optuna_storage)
@@ -211,10 +213,13 @@ def cmd_tune(args) -> int:
     if result.interrupted:
         _tracked(lambda: interrupt_study(target, result), tracking_uri, name, args.storage_path)
         counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "interrupted")}
-        print(f"\nstudy {name} interrupted after {time.time() - started:.0f} s: {counts['completed']} trials "
-              f"completed, {counts['early_stopped']} stopped early, {counts['interrupted']} interrupted; nothing "
-              f"registered; its state is saved in {path}", file=sys.stderr)
-        print(f"continue it with: {resume_command(name, args.storage_path)}", file=sys.stderr)
+        why = f"the disk that holds it is nearly full ({describe(free_bytes(path))})" \
+            if result.interrupted == LOW_DISK else result.interrupted
+        print(f"\nstudy {name} interrupted after {time.time() - started:.0f} s ({why}): {counts['completed']} "
+              f"trials completed, {counts['early_stopped']} stopped early, {counts['interrupted']} interrupted; "
+              f"nothing registered; its state is saved in {path}", file=sys.stderr)
+        free = "free some space, then " if result.interrupted == LOW_DISK else ""
+        print(f"continue it with: {free}{resume_command(name, args.storage_path)}", file=sys.stderr)
         return exit_code(result.interrupted)
     registered_model = default_registered_model(spec) if target.registered_model is None else \
         target.registered_model or None

@@ -19,8 +19,22 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TUNE_HINTS = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
 
 
-def exit_code(signum: int) -> int:
-    return 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+LOW_DISK = "low_disk"  # a study the disk guard (service.disk) stopped: like Ctrl-C, resumable once there is room
+_active: "Interruption | None" = None
+
+
+def exit_code(reason: str) -> int:
+    if reason == LOW_DISK:
+        return 1
+    return 128 + signal.Signals[reason]  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+def stop_study(reason: str) -> bool:
+    """End the running study the way Ctrl-C does, for `reason`; False when no study is running in this process."""
+    if _active is None:
+        return False
+    _active.stop(reason)
+    return True
 
 
 class _DropTuneHints(logging.Filter):
@@ -29,16 +43,19 @@ class _DropTuneHints(logging.Filter):
 
 
 class Interruption:
-    """`with Interruption(hint) as interruption: tuner.fit()`; afterwards `interruption.signal` is the signal that
-    ended the study early, or None. `hint` is printed when a second signal makes the process exit at once."""
+    """`with Interruption(hint) as interruption: tuner.fit()`; afterwards `interruption.reason` says what ended the
+    study early (SIGINT, SIGTERM, low_disk), or is None. `hint` is printed when a second signal makes the process
+    exit at once."""
 
     def __init__(self, hint: str = ""):
         self.hint = hint
-        self.signal: int | None = None
+        self.reason: str | None = None
         self._previous: dict[int, object] = {}
         self._filter = _DropTuneHints()
 
     def __enter__(self) -> "Interruption":
+        global _active
+        _active = self
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -46,21 +63,27 @@ class Interruption:
         return self
 
     def __exit__(self, *exc) -> None:
+        global _active
+        _active = None
         logging.getLogger("ray.tune.tune").removeFilter(self._filter)
-        if self.signal is not None:
+        if self.reason is not None:
             return  # what follows (saving what was done, shutting Ray down) still quits at once on a second signal
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: end the run loop, save, return from fit
+
     def _on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
-        if self.signal is not None:
+        if self.reason is not None:
             print(f"\n{name} again: quitting now. {self.hint}".rstrip(), file=sys.stderr, flush=True)
             _kill_children()
-            os._exit(exit_code(signum))
-        self.signal = signum
+            os._exit(exit_code(name))
         log.warning("%s: stopping the study and saving its state (send it again to quit at once)", name)
-        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's handler: end the run loop, save, return from fit
+        self.stop(name)
 
 
 def _kill_children() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ptplus_tune.errors import PTPlusError
+from ptplus_tune.service.disk import DiskGuard
 from ptplus_tune.service.interrupt import Interruption
 from ptplus_tune.service.optuna_store import StudySearch, local_storage, open_storage
 from ptplus_tune.spaces import StudySpec, define_by_run
@@ -38,7 +40,7 @@ class StudyResult:
     metric: str
     mode: str
     trials: list[TrialSummary] = field(default_factory=list)
-    interrupted: int | None = None  # the signal (SIGINT, SIGTERM) that ended the study before its trials did
+    interrupted: str | None = None  # what ended the study before its trials: SIGINT, SIGTERM, low_disk
     optuna_storage: str = ""  # the RDB URL of its Optuna study
 
     @property
@@ -176,6 +178,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         optuna_storage = optuna_storage or local_storage(path)
         _write_atomic(path / OPTUNA_FILE, optuna_storage)
         progress = StudyProgress(spec.metric, spec.mode, spec.max_steps, study=name)
+        callbacks = [*callbacks, DiskGuard(str(path))]
         tuner = tune.Tuner(
             runnable,
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
@@ -193,13 +196,40 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     try:
         with Interruption(f"Continue it with: {resume_command(name, storage_path)}") as interruption:
             grid = tuner.fit()
+    except Exception as exc:
+        if no_space_left(exc):
+            raise _disk_full(name, storage_path, exc) from exc
+        raise
     finally:
         ray.kill(board)
         shutil.rmtree(path / SCRATCH, ignore_errors=True)
-    result = summarise(grid, name, path, spec, unfinished=_unfinished(path) if interruption.signal else ())
-    result.interrupted = interruption.signal
+    full = [r.error for r in grid if r.error is not None and no_space_left(r.error)]
+    if full:  # trials that could not write their checkpoints; the next ones would fail the same way
+        raise _disk_full(name, storage_path, full[0])
+    result = summarise(grid, name, path, spec, unfinished=_unfinished(path) if interruption.reason else ())
+    result.interrupted = interruption.reason
     result.optuna_storage = optuna_storage_of(storage_path, name)
     return result
+
+
+NO_SPACE = ("No space left on device", "database or disk is full")
+
+
+def no_space_left(exc: BaseException) -> bool:
+    """Whether a full disk is behind `exc` (anywhere in its chain, or in the text of an error Ray passed along)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or any(text in str(exc) for text in NO_SPACE):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full(name: str, storage_path: str, exc: BaseException) -> PTPlusError:
+    return PTPlusError(f"the disk that holds {experiment_path(storage_path, name)} is full, so the study stopped (what "
+                       f"it saved before may be incomplete): free some space, then "
+                       f"`{resume_command(name, storage_path)}`")
 
 
 def _unfinished(path: Path) -> set[str]:
