@@ -53,7 +53,8 @@ def main(space: str, workdir: str, mlflow_db: str, optuna_db: str) -> None:
             runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
             out[name] = {
                 "returncode": driver.returncode, "stdout": stdout, "stderr": stderr,
-                "results": {tid: [r["step"] for r in rows] for tid, rows in trial_results(work / "results" / name).items()},
+                "results": {tid: [r["step"] for r in rows]
+                            for tid, rows in trial_results(work / "results" / name).items()},
                 "runs": [{"trial_id": r.data.tags.get("ptplus.trial_id"), "study": r.data.tags.get("ptplus.study"),
                           "run_id": r.info.run_id, "parent": r.data.tags.get("mlflow.parentRunId"),
                           "status": r.info.status, "start": r.info.start_time, "end": r.info.end_time}

@@ -182,7 +182,8 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         tuner = tune.Tuner(
             runnable,
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
-                                        search_alg=build_searcher(spec, name, path, optuna_storage), scheduler=build_scheduler(spec), num_samples=spec.num_samples,
+                                        search_alg=build_searcher(spec, name, path, optuna_storage),
+                                        scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                                         reuse_actors=True),  # warm workers: base model and data stay loaded
             run_config=tune.RunConfig(
                 name=name, storage_path=str(path.parent),
