@@ -75,6 +75,11 @@ CASES = {  # id: (how to build the space path and extra flags, expected message)
     "k_shot beyond the data": (lambda t, tt: (_space(t, tt, trial={"k_shot": 40}), []),
                                "has 90 rows but the splits need 150"),
     "zero max-concurrent flag": (lambda t, tt: (_space(t, tt), ["--max-concurrent", "0"]), "max_concurrent"),
+    "storage uri without an optuna database": (lambda t, tt: (_space(t, tt), ["--storage-path", f"file://{t}/r2"]),
+                                               "needs --optuna-storage"),
+    "optuna storage that cannot be opened": (lambda t, tt: (_space(t, tt), ["--optuna-storage",
+                                                                            f"sqlite:///{t}/no/such/dir/o.db"]),
+                                             "cannot be opened"),
     "model folder without config": (lambda t, tt: (_space(t, tt, trial={"model": str(t)}), []), "has no config.json"),
 }
 

@@ -52,7 +52,8 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def optuna_storage(request, tmp_path):
-    """The study's Optuna storage: its own sqlite file (local default) or a PostgreSQL database (a cluster's)."""
+    """The study's Optuna storage: its own sqlite file (local default) or a PostgreSQL database (a cluster's).
+    Yields the --optuna-storage flag's value (None: not given) and the URL the kill/resume study's trials land in."""
     if request.param == "sqlite":
         yield None, f"sqlite:///{tmp_path / 'results' / 's2' / 'optuna.db'}"  # the test's study is s2
         return
@@ -136,18 +137,21 @@ def _trial_workers(ray_root: str) -> list[int]:
     return pids
 
 
-def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server):
+def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server,
+                                                               optuna_storage):
+    flag, _ = optuna_storage
+    name = "s3" if flag is None else "s3pg"
     env = ray_env()
     # Long enough (~2,000 tiny steps) that the trial is still training when the kill lands, however loaded the
     # machine: a trial that had already finished would leave nothing to retry.
     steps, every = 2000, 100
     space = space_file(tmp_path, tiny_trial, max_steps=steps, eval_every=every, num_samples=1, max_concurrent=1,
                        scheduler={"grace_period": steps, "reduction_factor": 2})
-    study = tmp_path / "results" / "s3"
+    study = tmp_path / "results" / name
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--storage-path",
-                               str(tmp_path / "results"), "--name", "s3", "--tracking-uri", tracking_server,
-                               "--no-register"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=tmp_path)
+                               str(tmp_path / "results"), "--name", name, "--tracking-uri", tracking_server,
+                               "--no-register", *(["--optuna-storage", flag] if flag else [])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -173,7 +177,7 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
     assert reported[-1] == steps and reported.count(every) == 1, reported  # finished, not restarted from step 0
     assert sorted(set(reported)) == list(range(every, steps + 1, every))
     # MLflow: still exactly one run for the trial, with every evaluation once, ended as completed.
-    (run,) = study_runs(tracking_server, "s3")
+    (run,) = study_runs(tracking_server, name)
     assert run.data.tags["ptplus.trial_id"] == trial_id and run.data.tags["ptplus.status"] == "completed"
     assert run.info.status == "FINISHED"
     history = MlflowClient(tracking_server).get_metric_history(run.info.run_id, "eval_accuracy")
@@ -240,3 +244,24 @@ def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tm
     assert newest_checkpoint(present, max_steps=12) is present
     nothing = _TrainingResult(checkpoint=Checkpoint(str(tmp_path / "other" / "checkpoint_000000")), metrics={})
     assert newest_checkpoint(nothing, max_steps=12) is nothing  # Tune then reports the missing checkpoint itself
+
+
+def test_a_study_on_a_storage_uri_runs_and_resumes(tmp_path, tiny_trial):
+    """`--storage-path` may be any URI Tune's storage accepts (here file://); the Optuna study then lives in the
+    database --optuna-storage names, and --resume needs only the name and the URI."""
+    storage, optuna_db = f"file://{tmp_path / 'results'}", f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    env = ray_env()
+    try:
+        first = run_cli(["--space", space_file(tmp_path, tiny_trial, num_samples=2), "--storage-path", storage,
+                         "--name", "u1", "--optuna-storage", optuna_db, "--no-register"], env, cwd=tmp_path)
+        again = run_cli(["--resume", "u1", "--storage-path", storage], env, cwd=tmp_path)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    study = tmp_path / "results" / "u1"
+    assert len(trial_results(study)) == 2
+    assert {"study_space.yaml", "tracking_uri", "optuna_storage"} <= {p.name for p in study.iterdir()}
+    assert not (study / "optuna.db").exists() and not (study / ".scratch").exists()
+    assert f"optuna study: optuna-dashboard {optuna_db}" in first.stdout
+    assert again.returncode == 0, again.stderr[-3000:]  # a finished study: nothing to run, logged again
+    assert "2 trials" in again.stdout and f"optuna-dashboard {optuna_db}" in again.stdout

@@ -1,11 +1,13 @@
 """Search-space files: shipped spaces, the format, every validation error (named file + parameter), sampling."""
 
+import contextlib
 import optuna
 import pytest
 import yaml
 
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.spaces import define_by_run, load_space, parse_space, shipped_spaces
+from tests.postgres import loopback_url, postgres_database
 
 
 def test_shipped_spaces_load_and_round_trip():
@@ -100,13 +102,20 @@ def test_conditional_parameters_appear_only_with_their_parent_value():
     assert seen == {"ptplus", "lora", "prefix_tuning"}
 
 
-def test_balance_gives_every_method_the_same_number_of_trials(tmp_path):
+@pytest.mark.parametrize("storage", ["sqlite", "postgresql"])
+def test_balance_gives_every_method_the_same_number_of_trials(tmp_path, storage):
+    with contextlib.ExitStack() as stack:
+        url = None if storage == "sqlite" else loopback_url(stack.enter_context(postgres_database()))
+        _check_balance(tmp_path, url)
+
+
+def _check_balance(tmp_path, optuna_storage):
     from ptplus_tune.service.study import build_searcher
 
     spec = load_space("compare")
     spec.num_samples = 7
     assert spec.balance == "method"
-    searcher = build_searcher(spec, "s", tmp_path / "study").searcher  # the OptunaSearch inside the limiter
+    searcher = build_searcher(spec, "s", tmp_path / "study", optuna_storage).searcher  # the OptunaSearch inside
     configs = [searcher.suggest(f"t{i}") for i in range(spec.num_samples)]
     for i, config in enumerate(configs):
         searcher.on_trial_complete(f"t{i}", {"eval_accuracy": 0.5})

@@ -77,7 +77,7 @@ def _apply_overrides(spec, args) -> None:
     validate(spec)
 
 
-def _plan(spec, name: str, path: Path, concurrency: int | None = None) -> str:
+def _plan(spec, name: str, path, concurrency: int | None = None) -> str:
     res = spec.resources
     sampler = "TPE" if spec.sampler == "tpe" else "random search"
     if spec.sampler == "tpe":
@@ -161,7 +161,7 @@ def _tracked(action, uri: str, name: str, storage_path: str):
 
 def cmd_tune(args) -> int:
     from ptplus_tune.cli import display
-    from ptplus_tune.service import check_gpus, concurrency, connect, experiment_path, run_study
+    from ptplus_tune.service import check_gpus, concurrency, connect, run_study, study_dir
     from ptplus_tune.service.disk import check_room, describe, free_bytes
     from ptplus_tune.service.interrupt import LOW_DISK, exit_code
     from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
@@ -179,7 +179,7 @@ def cmd_tune(args) -> int:
         _apply_overrides(spec, args)
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         check_new(args.storage_path, name)
-    path = experiment_path(args.storage_path, name)
+    path = study_dir(args.storage_path, name)
     if args.dry_run:
         print(spec.to_yaml().rstrip())
         print(f"# space sha256 {spec.sha256}")
@@ -187,7 +187,8 @@ def cmd_tune(args) -> int:
         return 0
 
     check_inputs(spec)
-    check_room(path)
+    if path.local is not None:
+        check_room(path.local)
     optuna_storage = optuna_storage_of(args.storage_path, name, args.optuna_storage)
     if args.resume:
         open_storage(optuna_storage)
@@ -213,7 +214,7 @@ def cmd_tune(args) -> int:
     if result.interrupted:
         _tracked(lambda: interrupt_study(target, result), tracking_uri, name, args.storage_path)
         counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "interrupted")}
-        why = f"the disk that holds it is nearly full ({describe(free_bytes(path))})" \
+        why = f"the disk that holds it is nearly full ({describe(free_bytes(path.local))})" \
             if result.interrupted == LOW_DISK else result.interrupted
         print(f"\nstudy {name} interrupted after {time.time() - started:.0f} s ({why}): {counts['completed']} "
               f"trials completed, {counts['early_stopped']} stopped early, {counts['interrupted']} interrupted; "

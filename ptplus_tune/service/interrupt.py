@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -79,7 +78,7 @@ class Interruption:
     def _on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
         if self.reason is not None:
-            print(f"\n{name} again: quitting now. {self.hint}".rstrip(), file=sys.stderr, flush=True)
+            log.warning("%s again: quitting now. %s", name, self.hint)
             _kill_children()
             os._exit(exit_code(name))
         log.warning("%s: stopping the study and saving its state (send it again to quit at once)", name)

@@ -14,12 +14,10 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.disk import DiskGuard
 from ptplus_tune.service.interrupt import Interruption
 from ptplus_tune.service.optuna_store import StudySearch, local_storage, open_storage
+from ptplus_tune.service.storage import OPTUNA_FILE, SPEC_FILE, TRACKING_FILE, StudyDir
 from ptplus_tune.spaces import StudySpec, define_by_run
 
 log = logging.getLogger(__name__)
-SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
-TRACKING_FILE = "tracking_uri"  # where its runs are, so that --resume writes to them again
-OPTUNA_FILE = "optuna_storage"  # where its Optuna trials are (service.optuna_store), likewise
 
 
 @dataclass
@@ -71,55 +69,59 @@ def stop_reason_of(result: dict, max_steps: int) -> str | None:
 
 
 def resume_command(name: str, storage_path: str) -> str:
-    return f"ptplus-tune --resume {name} --storage-path {experiment_path(storage_path, name).parent}"
+    return f"ptplus-tune --resume {name} --storage-path {StudyDir(storage_path, name).storage}"
 
 
-def experiment_path(storage_path: str, name: str) -> Path:
-    return Path(storage_path).expanduser().resolve() / name
+def study_dir(storage_path: str, name: str) -> StudyDir:
+    return StudyDir(storage_path, name)
 
 
-def check_new(storage_path: str, name: str) -> Path:
-    path = experiment_path(storage_path, name)
-    if path.exists() and any(path.iterdir()):
-        raise PTPlusError(f"a study named {name!r} already exists in {path.parent}; continue it with --resume "
+def check_new(storage_path: str, name: str) -> StudyDir:
+    folder = StudyDir(storage_path, name)
+    if folder.exists():
+        raise PTPlusError(f"a study named {name!r} already exists in {folder.storage}; continue it with --resume "
                           f"{name} or choose another --name")
-    return path
+    return folder
 
 
 def saved_spec(storage_path: str, name: str) -> StudySpec:
-    from ptplus_tune.spaces import load_space
+    import yaml
 
-    path = experiment_path(storage_path, name)
-    if not (path / SPEC_FILE).is_file():
-        raise PTPlusError(f"there is no study {name!r} to resume under {path.parent} (see --storage-path)")
-    return load_space(str(path / SPEC_FILE))
+    from ptplus_tune.spaces import parse_space
+
+    folder = StudyDir(storage_path, name)
+    text = folder.read(SPEC_FILE)
+    if text is None:
+        raise PTPlusError(f"there is no study {name!r} to resume under {folder.storage} (see --storage-path)")
+    return parse_space(yaml.safe_load(text), source=f"{folder}/{SPEC_FILE}", default_name=name)
 
 
 def saved_tracking_uri(storage_path: str, name: str) -> str | None:
-    path = experiment_path(storage_path, name) / TRACKING_FILE
-    return path.read_text().strip() if path.is_file() else None
+    text = StudyDir(storage_path, name).read(TRACKING_FILE)
+    return text.strip() if text else None
 
 
 def optuna_storage_of(storage_path: str, name: str, given: str | None = None) -> str:
     """A study's Optuna storage: the one it was started with (resumed), else `given`, else its own sqlite file."""
-    saved = experiment_path(storage_path, name) / OPTUNA_FILE
-    if saved.is_file():
-        return saved.read_text().strip()
-    return given or local_storage(experiment_path(storage_path, name))
+    folder = StudyDir(storage_path, name)
+    saved = folder.read(OPTUNA_FILE)
+    if saved:
+        return saved.strip()
+    if given:
+        return given
+    if folder.local is None:
+        raise PTPlusError(f"a study on {folder.storage} needs --optuna-storage (a database URL, e.g. "
+                          f"postgresql+psycopg2://user@host:5432/optuna): its Optuna study cannot live there as sqlite")
+    return local_storage(folder.local)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def build_searcher(spec: StudySpec, name: str, path: Path, optuna_storage: str | None = None):
+def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage: str | None = None):
+    """`optuna_storage`: an RDB URL; None: `optuna.db` in the local study folder `path`."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    path.mkdir(parents=True, exist_ok=True)
+    if optuna_storage is None:
+        path.mkdir(parents=True, exist_ok=True)
     storage = open_storage(optuna_storage or local_storage(path))
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
@@ -157,28 +159,30 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     from ptplus_tune.service.trainable import SCRATCH, make_trainable
 
     _quiet_tune()
-    path = experiment_path(storage_path, name)
+    folder = StudyDir(storage_path, name)
+    path = folder.local  # None on a URI: no scratch or disk checks there (trials use their node's local folder)
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
-    runnable = tune.with_resources(trainable or make_trainable(spec, tracking, str(path), board_name(name)),
-                                   resources)
+    runnable = tune.with_resources(trainable or make_trainable(spec, tracking, str(path) if path else None,
+                                                               board_name(name)), resources)
     if tracking is not None:
         from ptplus_tune.tracking.callback import TrackTrialStatus
 
         callbacks = [*callbacks, TrackTrialStatus(tracking, spec.max_steps)]
     if resume:
-        if not tune.Tuner.can_restore(str(path)):
-            raise PTPlusError(f"there is no study {name!r} to resume under {path.parent}")
-        log.info("resuming study %s from %s", name, path)
-        tuner = tune.Tuner.restore(str(path), trainable=runnable, resume_unfinished=True, resume_errored=True)
+        if not tune.Tuner.can_restore(str(folder)):
+            raise PTPlusError(f"there is no study {name!r} to resume under {folder.storage}")
+        log.info("resuming study %s from %s", name, folder)
+        tuner = tune.Tuner.restore(str(folder), trainable=runnable, resume_unfinished=True, resume_errored=True)
     else:
         check_new(storage_path, name)
-        _write_atomic(path / SPEC_FILE, spec.to_yaml())
+        optuna_storage = optuna_storage_of(storage_path, name, optuna_storage)
+        folder.write(SPEC_FILE, spec.to_yaml())
         if tracking is not None:
-            _write_atomic(path / TRACKING_FILE, tracking.uri)
-        optuna_storage = optuna_storage or local_storage(path)
-        _write_atomic(path / OPTUNA_FILE, optuna_storage)
+            folder.write(TRACKING_FILE, tracking.uri)
+        folder.write(OPTUNA_FILE, optuna_storage)
         progress = StudyProgress(spec.metric, spec.mode, spec.max_steps, study=name)
-        callbacks = [*callbacks, DiskGuard(str(path))]
+        if path is not None:
+            callbacks = [*callbacks, DiskGuard(str(path))]
         tuner = tune.Tuner(
             runnable,
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
@@ -186,7 +190,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
                                         scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                                         reuse_actors=True),  # warm workers: base model and data stay loaded
             run_config=tune.RunConfig(
-                name=name, storage_path=str(path.parent),
+                name=name, storage_path=folder.storage,
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1), stop=stop,
                 callbacks=[progress, *callbacks],
@@ -203,11 +207,13 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         raise
     finally:
         ray.kill(board)
-        shutil.rmtree(path / SCRATCH, ignore_errors=True)
+        if path is not None:
+            shutil.rmtree(path / SCRATCH, ignore_errors=True)
     full = [r.error for r in grid if r.error is not None and no_space_left(r.error)]
     if full:  # trials that could not write their checkpoints; the next ones would fail the same way
         raise _disk_full(name, storage_path, full[0])
-    result = summarise(grid, name, path, spec, unfinished=_unfinished(path) if interruption.reason else ())
+    unfinished = _unfinished(str(folder)) if interruption.reason else ()
+    result = summarise(grid, name, str(folder), spec, unfinished=unfinished)
     result.interrupted = interruption.reason
     result.optuna_storage = optuna_storage_of(storage_path, name)
     return result
@@ -228,16 +234,16 @@ def no_space_left(exc: BaseException) -> bool:
 
 
 def _disk_full(name: str, storage_path: str, exc: BaseException) -> PTPlusError:
-    return PTPlusError(f"the disk that holds {experiment_path(storage_path, name)} is full, so the study stopped (what "
+    return PTPlusError(f"the disk that holds {StudyDir(storage_path, name)} is full, so the study stopped (what "
                        f"it saved before may be incomplete): free some space, then "
                        f"`{resume_command(name, storage_path)}`")
 
 
-def _unfinished(path: Path) -> set[str]:
+def _unfinished(path: str) -> set[str]:
     """The trials an interrupted study left running or waiting, from the state Tune saved on the way out."""
     from ray.tune import ExperimentAnalysis
 
-    return {t.trial_id for t in ExperimentAnalysis(str(path)).trials if t.status not in ("TERMINATED", "ERROR")}
+    return {t.trial_id for t in ExperimentAnalysis(path).trials if t.status not in ("TERMINATED", "ERROR")}
 
 
 def _quiet_tune() -> None:
@@ -253,8 +259,8 @@ def _quiet_tune() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def summarise(grid, name: str, path: Path, spec: StudySpec, unfinished=()) -> StudyResult:
-    result = StudyResult(name, str(path), spec.metric, spec.mode)
+def summarise(grid, name: str, path: str, spec: StudySpec, unfinished=()) -> StudyResult:
+    result = StudyResult(name, path, spec.metric, spec.mode)
     for r in grid:
         metrics = dict(r.metrics or {})
         status = "failed" if r.error is not None else status_of(metrics.get("step", 0), spec.max_steps)

@@ -1,0 +1,68 @@
+"""Where a study keeps its state: a folder (local, or NFS on a cluster), or any URI Ray Tune's storage accepts
+(`s3://bucket/prefix`, `gs://…`, `file://…`). Besides Tune's experiment, the study's folder holds three small files,
+so that `--resume NAME` needs nothing else: the resolved space, the tracking URI and the Optuna storage URL.
+
+On a URI, what must be a local file lives elsewhere: the Optuna study in a database (`--optuna-storage`), trial
+scratch in each trial's local folder on its node.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
+TRACKING_FILE = "tracking_uri"  # where its runs are, so that --resume writes to them again
+OPTUNA_FILE = "optuna_storage"  # where its Optuna trials are (service.optuna_store), likewise
+
+
+def is_uri(storage_path: str) -> bool:
+    return "://" in storage_path
+
+
+class StudyDir:
+    def __init__(self, storage_path: str, name: str):
+        import pyarrow.fs
+
+        self.name = name
+        if is_uri(storage_path):
+            self.storage = storage_path.rstrip("/")  # what Tune is given, and what messages show
+            self.fs, root = pyarrow.fs.FileSystem.from_uri(self.storage)
+            self.local: Path | None = None
+        else:
+            self.storage = str(Path(storage_path).expanduser().resolve())
+            self.fs, root = pyarrow.fs.LocalFileSystem(), self.storage
+            self.local = Path(self.storage) / name
+        self._root = f"{root.rstrip('/')}/{name}"
+
+    def __str__(self) -> str:
+        return f"{self.storage}/{self.name}"
+
+    def exists(self) -> bool:
+        """Whether anything is there already."""
+        from pyarrow.fs import FileSelector
+
+        return bool(self.fs.get_file_info(FileSelector(self._root, allow_not_found=True)))
+
+    def read(self, file: str) -> str | None:
+        from pyarrow.fs import FileType
+
+        path = f"{self._root}/{file}"
+        if self.fs.get_file_info(path).type != FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as stream:
+            return stream.read().decode("utf-8")
+
+    def write(self, file: str, text: str) -> None:
+        """Complete or absent: a local file is replaced atomically; an object store writes whole objects."""
+        if self.local is None:
+            self.fs.create_dir(self._root, recursive=True)
+            with self.fs.open_output_stream(f"{self._root}/{file}") as stream:
+                stream.write(text.encode("utf-8"))
+            return
+        self.local.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{file}.", dir=self.local)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, self.local / file)
