@@ -18,7 +18,7 @@ from ray.tune import Callback
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.interrupt import LOW_DISK, stop_study
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ptplus_tune.progress.stop")  # shown with the study's events (service.progress)
 MIN_FREE_ENV = "PTPLUS_MIN_FREE_MB"
 CHECK_EVERY_S = 2.0
 

@@ -12,7 +12,8 @@ import logging
 import os
 import signal
 
-log = logging.getLogger(__name__)
+# A study's own events (service.progress): the CLI shows them above its live view, or as plain lines.
+log = logging.getLogger("ptplus_tune.progress.stop")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Tune's own words on interruption name its Python API (`Tuner.restore(...)`); the CLI says `--resume NAME` instead.
 TUNE_HINTS = ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
