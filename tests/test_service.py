@@ -129,7 +129,10 @@ def _trial_workers(ray_root: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if b"ray::PTPlusTrial" in (proc / "cmdline").read_bytes() and \
+            # A trial worker's title is its class (`ray::ResourceTrainable.train`, the class Tune wraps ours in)
+            # while it runs a task, and its instance's repr (`ray::PTPlusTrial`) between tasks.
+            cmdline = (proc / "cmdline").read_bytes()
+            if (b"ray::ResourceTrainable" in cmdline or b"ray::PTPlusTrial" in cmdline) and \
                     f"RAY_TMPDIR={ray_root}".encode() in (proc / "environ").read_bytes():
                 pids.append(int(proc.name))
         except (OSError, ValueError):
