@@ -29,13 +29,13 @@ def check_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     if hp["method"] not in METHODS:
         raise PTPlusError(f"unknown method {hp['method']!r}; choose one of: {', '.join(METHODS)}")
     if hp["method"] == "ptplus":
-        _ptplus_config(hp)
+        ptplus_config(hp)
     elif isinstance(hp["prefix_length"], bool) or not isinstance(hp["prefix_length"], int) or hp["prefix_length"] < 1:
         raise PTPlusError(f"prefix_length must be an integer >= 1, got {hp['prefix_length']!r}")
     return hp
 
 
-def _ptplus_config(hp: Mapping[str, Any]) -> PTPlusConfig:
+def ptplus_config(hp: Mapping[str, Any]) -> PTPlusConfig:
     return PTPlusConfig(feature_map=hp["feature_map"], memory=hp["memory"], prefix_length=hp["prefix_length"],
                         feature_dim=hp["feature_dim"])
 
@@ -45,7 +45,7 @@ def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Mo
     hp = check_hyperparameters(hyperparameters)
     method = hp["method"]
     if method == "ptplus":
-        return get_ptplus_model(model, _ptplus_config(hp))
+        return get_ptplus_model(model, ptplus_config(hp))
     kind = model_type(model)
     if kind not in SUPPORTED_MODEL_TYPES:
         raise PTPlusError(f"model type {kind!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")

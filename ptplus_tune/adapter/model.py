@@ -19,7 +19,50 @@ from ptplus_tune.adapter.layer import PTPlusLayer
 from ptplus_tune.errors import PTPlusError
 
 
-class PTPlusModel(nn.Module):
+def make_layers(sites: list[AttentionSite], config: PTPlusConfig, device) -> nn.ModuleDict:
+    """One PTPlusLayer per adapted site, keyed by layer index, created in site order (so the same RNG state gives
+    the same initial adapter, packed or not)."""
+    if config.layers is not None:
+        unknown = sorted(set(config.layers) - {s.layer_index for s in sites})
+        if unknown:
+            raise PTPlusError(f"layers {unknown} do not exist; the model has layers 0..{len(sites) - 1}")
+        sites = [s for s in sites if s.layer_index in set(config.layers)]
+    return nn.ModuleDict({
+        str(site.layer_index): PTPlusLayer(site.num_heads, site.head_dim, config.feature_map, config.memory,
+                                           config.prefix_length, config.feature_dim).to(device)
+        for site in sites
+    })
+
+
+class AdapterAPI:
+    """What a Prefix-Tuning+ adapter offers besides its forward: its weights, M, saving. Needs `ptplus_layers` and
+    `ptplus_config`."""
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in self.ptplus_layers.state_dict().items()}
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def effective_memory(self) -> dict[int, torch.Tensor]:
+        """Per adapted layer index, M as [num_query_heads, d_φ, head_dim]."""
+        with torch.no_grad():
+            return {int(i): layer.effective_memory().detach().clone() for i, layer in self.ptplus_layers.items()}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write only the adapter: adapter_config.json and adapter_model.safetensors (each atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
+        tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(weights, str(tmp_weights), metadata={"format": "pt", "peft_type": "PTPLUS"})
+        os.replace(tmp_weights, directory / WEIGHTS_NAME)
+        tmp_config = directory / f".{CONFIG_NAME}.tmp"
+        tmp_config.write_text(self.ptplus_config.to_json())
+        os.replace(tmp_config, directory / CONFIG_NAME)
+
+
+class PTPlusModel(AdapterAPI, nn.Module):
     def __init__(self, base_model: nn.Module, config: PTPlusConfig):
         super().__init__()
         self.base_model = base_model
@@ -27,21 +70,11 @@ class PTPlusModel(nn.Module):
         for parameter in base_model.parameters():
             parameter.requires_grad_(False)
         sites = find_attention_sites(base_model)
-        if config.layers is not None:
-            unknown = sorted(set(config.layers) - {s.layer_index for s in sites})
-            if unknown:
-                raise PTPlusError(f"layers {unknown} do not exist; the model has layers 0..{len(sites) - 1}")
-            sites = [s for s in sites if s.layer_index in set(config.layers)]
-        reference = next(base_model.parameters())
-        self.ptplus_layers = nn.ModuleDict()
+        self.ptplus_layers = make_layers(sites, config, next(base_model.parameters()).device)
         self._handles = []
         for site in sites:
-            layer = PTPlusLayer(
-                site.num_heads, site.head_dim, config.feature_map, config.memory, config.prefix_length,
-                config.feature_dim,
-            ).to(reference.device)
-            self.ptplus_layers[str(site.layer_index)] = layer
-            self._attach(site, layer)
+            if str(site.layer_index) in self.ptplus_layers:
+                self._attach(site, self.ptplus_layers[str(site.layer_index)])
 
     def _attach(self, site: AttentionSite, layer: PTPlusLayer) -> None:
         captured: dict[str, torch.Tensor] = {}
@@ -69,30 +102,6 @@ class PTPlusModel(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.base_model, name)
-
-    # --- adapter API -----------------------------------------------------------------------------------------------
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach() for k, v in self.ptplus_layers.state_dict().items()}
-
-    def num_trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def effective_memory(self) -> dict[int, torch.Tensor]:
-        """Per adapted layer index, M as [num_query_heads, d_φ, head_dim]."""
-        with torch.no_grad():
-            return {int(i): layer.effective_memory().detach().clone() for i, layer in self.ptplus_layers.items()}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write only the adapter: adapter_config.json and adapter_model.safetensors (each atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(weights, str(tmp_weights), metadata={"format": "pt", "peft_type": "PTPLUS"})
-        os.replace(tmp_weights, directory / WEIGHTS_NAME)
-        tmp_config = directory / f".{CONFIG_NAME}.tmp"
-        tmp_config.write_text(self.ptplus_config.to_json())
-        os.replace(tmp_config, directory / CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory: str | os.PathLike, is_trainable: bool = False):

@@ -75,3 +75,12 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, it.target_start:n] = ids[row, it.target_start:n]
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pad_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batches (from `collate`) stacked into one, padded to the widest."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+    keys = [k for k in fill if all(k in b for b in batches)]
+    return {k: torch.cat([torch.nn.functional.pad(b[k], (0, width - b[k].shape[1]), value=fill[k]) for b in batches])
+            for k in keys}

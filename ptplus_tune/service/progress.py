@@ -38,6 +38,24 @@ class ProgressBoard:
         return dict(self.live)
 
 
+class BoardLink:
+    """A sender's line to the study's ProgressBoard: at most one update per trial per REFRESH_S (unless forced).
+    Progress is a nicety: without a board (the driver is gone, a benchmark's own study) training goes on."""
+
+    def __init__(self, name: str | None):
+        self.name, self._board, self._sent = name, None, {}
+
+    def send(self, trial_id: str, step: int, train_loss: float | None, force: bool = False) -> None:
+        if self.name is None or (not force and time.monotonic() - self._sent.get(trial_id, 0.0) < REFRESH_S):
+            return
+        self._sent[trial_id] = time.monotonic()
+        try:
+            self._board = self._board or ray.get_actor(self.name)
+        except ValueError:
+            return
+        self._board.update.remote(trial_id, {"step": step, "train_loss": train_loss})
+
+
 def board_name(study: str) -> str:
     return f"ptplus-progress-{study}"
 

@@ -30,6 +30,7 @@ from ptplus_tune.trial.checkpoint import read_checkpoint, restore, save_state, w
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
 from ptplus_tune.trial.host import load_splits, release
+from ptplus_tune.trial.loss import target_losses
 from ptplus_tune.trial.predict import task_description
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,13 @@ class TrialSession:
     """One configuration's training, advanced from evaluation to evaluation (`advance`), checkpointable at each.
 
     `host`: a ModelHost whose resident base model and data the trial uses (and hands back with `close`); `base`:
-    an already loaded (model, tokenizer); neither: the trial loads its own. `progress(step, max_steps)` is called
+    an already loaded (model, tokenizer); neither: the trial loads its own. `wrap(model, hyperparameters)` puts the
+    adapter on the base model (`build_adapter` by default; a TrialPack adds it to its pack instead). `progress(step, max_steps)` is called
     after every optimiser step, `on_log({"step", "train_loss"})` at every `log_every` step that is not an evaluation.
     """
 
     def __init__(self, config: TrialConfig, *, host=None, base=None, progress: Callable[[int, int], None] | None = None,
-                 on_log: Callable[[dict], None] | None = None):
+                 on_log: Callable[[dict], None] | None = None, wrap=build_adapter):
         self.config, self.host, self.progress, self.on_log = config, host, progress, on_log
         torch.set_num_threads(config.num_threads or len(os.sched_getaffinity(0)))
         self.device, dtype = pick_device(config.device)
@@ -109,7 +111,7 @@ class TrialSession:
         self.hyperparameters = config.hyperparameters()
         self.task = task_description(config, self.splits.labels)
         seed_everything(config.seed)
-        self.model = build_adapter(model, self.hyperparameters).to(self.device)
+        self.model = wrap(model, self.hyperparameters).to(self.device)
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -155,57 +157,71 @@ class TrialSession:
         """A new complete checkpoint folder under `parent`."""
         return write_checkpoint(parent, **self._state())
 
-    def _train_step(self) -> float:
-        config, started, losses = self.config, time.perf_counter(), []
-        for _ in range(config.grad_accum):
-            batch = collate([self.train_items[i] for i in self.order.batch(self.microbatches)], self.pad_id)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            loss = self.model(**batch).loss
-            (loss / config.grad_accum).backward()
-            losses.append(loss.item())
-            self._tokens += int(batch["attention_mask"].sum())
-            self.microbatches += 1
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The next micro-batch of this trial's data order, on the device."""
+        batch = collate([self.train_items[i] for i in self.order.batch(self.microbatches)], self.pad_id)
+        self._tokens += int(batch["attention_mask"].sum())
+        self.microbatches += 1
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def optimizer_step(self, losses: list[float], seconds: float) -> float:
+        """Apply the accumulated gradients; returns the step's mean micro-batch loss."""
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self._train_seconds += time.perf_counter() - started
+        self._train_seconds += seconds
         return sum(losses) / len(losses)
+
+    def train_step(self) -> float:
+        """One optimiser step over this trial's next grad_accum micro-batches; returns its mean loss."""
+        started, losses = time.perf_counter(), []
+        for _ in range(self.config.grad_accum):
+            loss, = target_losses(self.model, self.next_batch())
+            (loss / self.config.grad_accum).backward()
+            losses.append(loss.item())
+        return self.optimizer_step(losses, time.perf_counter() - started)
 
     def advance(self) -> dict[str, Any]:
         """Train up to the next evaluation (or until the dead-trial rule fires), evaluate, return the metrics."""
-        config = self.config
         if self.done:
             raise RuntimeError("the trial is done; nothing left to advance")
-        rule_on = config.dead_trial_step is not None
-        while True:
-            loss = self._train_step()
-            self._window.append(loss)
-            if self.progress:
-                self.progress(self.step, config.max_steps)
-            evaluate_now = config.is_eval_step(self.step)
-            if rule_on and not math.isfinite(loss):
-                self.stop_reason = rules.NON_FINITE_LOSS
-            elif self.step % config.log_every == 0 or evaluate_now:
-                self.train_loss = sum(self._window) / len(self._window)
-                self._window = []
-                if rule_on:
-                    self.stop_reason = rules.loss_verdict(self.train_loss, self.first_window_loss)
-                if self.first_window_loss is None:
-                    self.first_window_loss = self.train_loss
-                if not (evaluate_now or self.stop_reason) and self.on_log:
-                    self.on_log({"step": self.step, "train_loss": self.train_loss})
-            if self.stop_reason is not None:
-                if self._window:
-                    self.train_loss, self._window = sum(self._window) / len(self._window), []
-                return self._evaluate()
-            if evaluate_now:
-                return self._evaluate()
+        while not self.after_step(self.train_step()):
+            pass
+        return self.metrics(self.evaluate())
 
-    def _evaluate(self) -> dict[str, Any]:
+    def after_step(self, loss: float) -> bool:
+        """Bookkeeping after an optimiser step (progress, loss logging, the loss rules); True: evaluate now."""
         config = self.config
-        evaluation = evaluate(self.model, self.encoder, self.splits.validation, self.splits.labels,
-                              config.eval_batch_size, self.device)
+        rule_on = config.dead_trial_step is not None
+        self._window.append(loss)
+        if self.progress:
+            self.progress(self.step, config.max_steps)
+        evaluate_now = config.is_eval_step(self.step)
+        if rule_on and not math.isfinite(loss):
+            self.stop_reason = rules.NON_FINITE_LOSS
+        elif self.step % config.log_every == 0 or evaluate_now:
+            self.train_loss = sum(self._window) / len(self._window)
+            self._window = []
+            if rule_on:
+                self.stop_reason = rules.loss_verdict(self.train_loss, self.first_window_loss)
+            if self.first_window_loss is None:
+                self.first_window_loss = self.train_loss
+            if not (evaluate_now or self.stop_reason) and self.on_log:
+                self.on_log({"step": self.step, "train_loss": self.train_loss})
+        if self.stop_reason is not None and self._window:
+            self.train_loss, self._window = sum(self._window) / len(self._window), []
+        return evaluate_now or self.stop_reason is not None
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy on the validation split (see trial.evaluate)."""
+        return evaluate(self.model, self.encoder, self.splits.validation, self.splits.labels,
+                        self.config.eval_batch_size, self.device)
+
+    def metrics(self, evaluation: dict[str, float]) -> dict[str, Any]:
+        """The report of an evaluation point: the validation figures, the rules' verdict, and at the final step the
+        test and generation figures the config asks for."""
+        config = self.config
         metrics: dict[str, Any] = {
             "step": self.step, "train_loss": self.train_loss, "eval_loss": evaluation["loss"],
             "eval_accuracy": evaluation["accuracy"], "tokens_per_s": self._tokens / max(self._train_seconds, 1e-9),

@@ -1,0 +1,187 @@
+"""Packed trials in a study: one PackHost actor per GPU (per node on CPU) trains the Prefix-Tuning+ trials placed
+there as one TrialPack, on one resident base model (ptplus_tune.trial.pack).
+
+Tune semantics stay as they are: one Tune trial per configuration, proposed by Optuna and stopped by ASHA, with its
+own reports, checkpoints and MLflow run. A packed trial reserves 1/K of `resources` (so Ray's scheduler, and the
+autoscaler from pending demand, place K trials per GPU or per node's share) and forwards its work to the host on its
+node and device (`RemoteSession`): its `step` waits in `PackHost.advance` until the pack's next steps bring it to its
+next evaluation. The host trains, in each packed step, every trial waiting at that moment; a trial that returns to
+Tune between evaluations (report, checkpoint) rejoins at the next step. A host that dies fails exactly the trials
+attached to it; Tune retries them from their checkpoints on a new host (hosts are named, created on first use).
+
+Hosts are detached actors named `ptplus-pack-<study>-<node>-<gpu|cpu>`; the study's driver removes them at its end
+(`remove_hosts`). On a GPU, the host sees only the GPU of the trial that created it (Ray's fractional GPU
+assignment puts the K trials of a host on one device).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import ray
+
+log = logging.getLogger(__name__)
+HOST_PREFIX = "ptplus-pack-"
+MAX_CALLS = 256  # concurrent calls a host accepts: one blocked `advance` per attached trial, plus the rest
+
+
+class PackHost:
+    def __init__(self, threads: int, rows_per_pass: int | None, board: str | None, gpu: str | None):
+        if gpu is not None:  # before torch touches CUDA in this process
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        import torch
+
+        from ptplus_tune.service.progress import BoardLink
+        from ptplus_tune.trial import ModelHost
+        from ptplus_tune.trial.pack import TrialPack
+
+        torch.set_num_threads(threads)
+        self.trial_pack = TrialPack(ModelHost(), rows_per_pass)
+        self.board = BoardLink(board)
+        self._pack_lock = threading.Lock()  # held by a packed step, and by anything else that touches the pack
+        self._state = threading.Condition()  # who waits, what came back
+        self._waiting: set[str] = set()
+        self._results: dict[str, Any] = {}
+        self._logs: dict[str, list[dict]] = {}
+        self._others = 0  # callers queued for the pack lock; the loop lets them in between steps
+        threading.Thread(target=self._loop, name="pack-loop", daemon=True).start()
+
+    def _locked(self, action):
+        with self._state:
+            self._others += 1
+        try:
+            with self._pack_lock:
+                return action()
+        finally:
+            with self._state:
+                self._others -= 1
+
+    def attach(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        from ptplus_tune.trial import TrialConfig
+
+        def attach():
+            self.trial_pack.detach(trial_id)  # a retried trial whose earlier attempt this host still holds
+            self._logs[trial_id] = []
+            session = self.trial_pack.attach(
+                trial_id, TrialConfig.from_dict(config),
+                progress=lambda step, _: self.board.send(trial_id, step, session.train_loss),
+                on_log=lambda point: self._logs[trial_id].append(point))
+            return self._info(trial_id)
+        return self._locked(attach)
+
+    def restore(self, trial_id: str, checkpoint_dir: str) -> dict[str, Any]:
+        return self._locked(lambda: (self.trial_pack.sessions[trial_id].restore(checkpoint_dir), self._info(trial_id))[1])
+
+    def save(self, trial_id: str, folder: str) -> str:
+        return self._locked(lambda: str(self.trial_pack.sessions[trial_id].save(folder)))
+
+    def detach(self, trial_id: str) -> None:
+        self._locked(lambda: self.trial_pack.detach(trial_id))
+        self._logs.pop(trial_id, None)
+
+    def advance(self, trial_id: str) -> tuple[dict[str, Any], list[dict], dict[str, Any]]:
+        """Wait for this trial's next evaluation: (metrics, training-loss points logged on the way, state)."""
+        with self._state:
+            self._waiting.add(trial_id)
+            self._state.notify_all()
+            while trial_id not in self._results:
+                self._state.wait()
+            result = self._results.pop(trial_id)
+        if isinstance(result, BaseException):
+            raise result
+        logs, self._logs[trial_id] = self._logs.get(trial_id, []), []
+        return result, logs, self._info(trial_id)
+
+    def _info(self, trial_id: str) -> dict[str, Any]:
+        session = self.trial_pack.sessions[trial_id]
+        return {"step": session.step, "done": session.done, "train_loss": session.train_loss,
+                "model_loads": self.trial_pack.host.model_loads, "trials": len(self.trial_pack.sessions)}
+
+    def _loop(self) -> None:
+        while True:
+            with self._state:
+                while not self._waiting:
+                    self._state.wait()
+                while self._others:  # let a queued attach / save / restore in first
+                    self._state.wait(0.001)
+            with self._pack_lock:
+                with self._state:
+                    keys = sorted(self._waiting)
+                try:
+                    out: dict[str, Any] = self.trial_pack.step(keys)
+                except BaseException as exc:  # e.g. out of memory: every trial of this step fails, Tune retries them
+                    log.exception("packed step failed")
+                    out = {key: exc for key in keys}
+            with self._state:
+                for key, value in out.items():
+                    self._waiting.discard(key)
+                    self._results[key] = value
+                self._state.notify_all()
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def host_name(study: str, node_id: str, gpu: str | None) -> str:
+    return f"{HOST_PREFIX}{study}-{node_id[:12]}-{'gpu' + gpu if gpu is not None else 'cpu'}"
+
+
+def open_host(study: str, threads: int, rows_per_pass: int | None, board: str | None):
+    """The host of this worker's node and GPU, created on first use (pinned to this node)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node_id = ray.get_runtime_context().get_node_id()
+    gpus = ray.get_gpu_ids()
+    gpu = str(gpus[0]) if gpus else None
+    name = host_name(study, node_id, gpu)
+    actor = ray.remote(PackHost).options(
+        name=name, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=MAX_CALLS,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(threads, rows_per_pass, board, gpu)
+    return actor, name
+
+
+def remove_hosts(study: str) -> None:
+    """Kill the study's hosts (at its end, or when it is interrupted)."""
+    prefix = f"{HOST_PREFIX}{study}-"
+    for name in ray.util.list_named_actors():
+        if name.startswith(prefix):
+            try:
+                ray.kill(ray.get_actor(name))
+            except ValueError:  # gone already
+                pass
+
+
+class RemoteSession:
+    """A TrialSession-shaped handle on a trial that trains in a PackHost (what the trainable needs of a session)."""
+
+    def __init__(self, host, pack_id: str, trial_id: str, config, on_log=None):
+        self.host, self.pack_id, self.trial_id, self.on_log = host, pack_id, trial_id, on_log
+        self._update(ray.get(host.attach.remote(trial_id, config.to_dict())))
+
+    def _update(self, info: dict[str, Any]) -> None:
+        self.step, self.done, self.train_loss = info["step"], info["done"], info["train_loss"]
+        self.model_loads = info["model_loads"]
+
+    def advance(self) -> dict[str, Any]:
+        metrics, logs, info = ray.get(self.host.advance.remote(self.trial_id))
+        self._update(info)
+        for point in logs:
+            if self.on_log:
+                self.on_log(point)
+        return metrics
+
+    def save(self, folder) -> str:
+        return ray.get(self.host.save.remote(self.trial_id, str(folder)))
+
+    def restore(self, checkpoint_dir) -> None:
+        self._update(ray.get(self.host.restore.remote(self.trial_id, str(checkpoint_dir))))
+
+    def close(self) -> None:
+        try:
+            ray.get(self.host.detach.remote(self.trial_id))
+        except ray.exceptions.RayActorError:  # the host is gone: nothing of this trial left to take off
+            pass

@@ -1,0 +1,145 @@
+"""Packed training: several Prefix-Tuning+ adapters on one base model give each the outputs, gradients, losses and
+metrics it would get alone."""
+
+import pytest
+import torch
+
+from ptplus_tune.adapter import PTPlusConfig, get_ptplus_model
+from ptplus_tune.adapter.packed import PackedPTPlus
+from ptplus_tune.data import load_base_model
+from ptplus_tune.errors import PTPlusError
+from ptplus_tune.trial import TrialConfig, run_trial
+from ptplus_tune.trial.host import ModelHost
+from ptplus_tune.trial.pack import TrialPack, run_packed
+from tests.tiny_models import randomise_adapter, tiny_gpt2, tiny_llama, tiny_qwen3
+
+MIXED = [PTPlusConfig("elu", "slots", 3), PTPlusConfig("mlp", "full", 5, feature_dim=6),
+         PTPlusConfig("gelu", "slots", 7, layers=[1]), PTPlusConfig("elu_plus_one", "full", 2)]
+TIMING = {"tokens_per_s", "peak_mem_mb"}
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen3, tiny_gpt2])
+def test_each_sample_goes_through_its_own_adapter(make):
+    pack = PackedPTPlus(make())
+    adapters = []
+    for index, config in enumerate(MIXED):
+        torch.manual_seed(index)
+        adapters.append(pack.add(PTPlusConfig.from_dict(config.to_dict())))
+        randomise_adapter(adapters[-1], seed=index + 1)
+    ids = torch.randint(3, 97, (2 * len(MIXED), 9))
+    with pack.routed([(adapter, 2) for adapter in adapters]):
+        packed = pack.base_model(input_ids=ids).logits
+    packed.square().sum().backward()
+    for index, config in enumerate(MIXED):
+        torch.manual_seed(index)
+        alone = get_ptplus_model(make(), PTPlusConfig.from_dict(config.to_dict()))
+        randomise_adapter(alone, seed=index + 1)
+        logits = alone(input_ids=ids[2 * index:2 * index + 2]).logits
+        logits.square().sum().backward()
+        torch.testing.assert_close(packed[2 * index:2 * index + 2], logits)  # fp32; summation order differs
+        mine = dict(adapters[index].named_parameters())
+        theirs = {n: p for n, p in alone.named_parameters() if p.requires_grad}
+        assert mine.keys() == theirs.keys()  # same names: checkpoints move between packed and unpacked
+        for name in mine:
+            torch.testing.assert_close(mine[name].grad, theirs[name].grad, rtol=1e-4, atol=1e-4)
+
+
+def test_an_adapter_alone_is_the_base_model_plus_its_memory_and_the_base_stays_clean():
+    base = tiny_llama()
+    ids = torch.randint(3, 97, (2, 7))
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+    pack = PackedPTPlus(base)
+    adapter = pack.add(PTPlusConfig("elu", "slots", 4))
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(input_ids=ids).logits, plain, rtol=0, atol=0)  # fresh: M = 0
+        randomise_adapter(adapter)
+        assert not torch.allclose(adapter(input_ids=ids).logits, plain)
+        torch.testing.assert_close(base(input_ids=ids).logits, plain, rtol=0, atol=0)  # unrouted: no adapter
+    assert adapter.unload() is base and pack.adapters == []
+    with pytest.raises(ValueError, match="not in this pack"), pack.routed([(adapter, 2)]):
+        pass
+
+
+def _comparable(history):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
+
+
+def _assert_same_history(packed, alone):
+    assert [m["step"] for m in packed] == [m["step"] for m in alone]
+    for mine, theirs in zip(_comparable(packed), _comparable(alone)):
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
+
+
+def test_packed_trials_train_exactly_as_alone(tiny_trial):
+    """A pack mixing feature maps, memories, prefix lengths, learning rates, batch sizes, gradient accumulation,
+    seeds and lengths (trials leave the pack at different steps)."""
+    settings = [dict(feature_map="elu", prefix_length=3),
+                dict(feature_map="mlp", memory="full", feature_dim=6, learning_rate=5e-3, seed=1),
+                dict(feature_map="gelu", prefix_length=9, grad_accum=2, batch_size=3, max_steps=8),
+                dict(feature_map="identity", memory="full", learning_rate=1e-2, eval_test=True, seed=2)]
+    configs = [TrialConfig(**{**tiny_trial, **s}) for s in settings]
+    host = ModelHost()
+    packed = run_packed(configs, host)
+    assert host.model_loads == 1
+    base = load_base_model(tiny_trial["model"])
+    for config, result in zip(configs, packed):
+        alone = run_trial(config, base=base)
+        _assert_same_history(result.history, alone.history)
+        for name, value in alone.model.adapter_state_dict().items():
+            torch.testing.assert_close(result.model.adapter_state_dict()[name], value, rtol=1e-4, atol=1e-6)
+        alone.model.unload()
+
+
+def test_a_packed_checkpoint_resumes_unpacked_and_the_other_way(tiny_trial, tmp_path):
+    config = TrialConfig(**{**tiny_trial, "feature_map": "gelu", "seed": 3})
+    trial_pack = TrialPack()
+    session = trial_pack.attach("a", config)
+    trial_pack.attach("b", TrialConfig(**{**tiny_trial, "seed": 4}))
+    while not trial_pack.step(["a", "b"]):
+        pass
+    session.save(tmp_path / "packed")
+    rest_packed = []
+    while not session.done:
+        rest_packed += trial_pack.step(["a"]).values()
+    resumed = run_trial(config, resume_from=str(tmp_path / "packed"))
+    _assert_same_history(rest_packed, resumed.history)
+
+    other = TrialPack()
+    back = other.attach("c", config)
+    back.restore(tmp_path / "packed")
+    rest = []
+    while not back.done:
+        rest += other.step(["c"]).values()
+    _assert_same_history(rest, resumed.history)
+
+
+def test_only_ptplus_trials_pack(tiny_trial):
+    with pytest.raises(PTPlusError, match="only Prefix-Tuning\\+ trials can be packed"):
+        TrialPack().attach("x", TrialConfig(**{**tiny_trial, "method": "lora"}))
+
+
+def test_a_trial_that_leaves_frees_its_slot(tiny_trial):
+    trial_pack = TrialPack()
+    trial_pack.attach("a", TrialConfig(**tiny_trial))
+    trial_pack.attach("b", TrialConfig(**tiny_trial))
+    trial_pack.step(["a", "b"])
+    trial_pack.detach("a")
+    assert list(trial_pack.sessions) == ["b"] and len(trial_pack.pack.adapters) == 1
+    trial_pack.step(["b"])
+
+
+@pytest.mark.embedded
+def test_packed_trials_on_the_embedded_model_train_exactly_as_alone(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PTPLUS_TUNE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    common = dict(max_steps=4, eval_every=2, k_shot=2, validation_size=12, test_size=5, max_length=48)
+    configs = [TrialConfig(**common, feature_map="elu", learning_rate=1e-3),
+               TrialConfig(**common, feature_map="mlp", memory="full", learning_rate=3e-4, seed=1)]
+    host = ModelHost()
+    packed = run_packed(configs, host)
+    for config, result in zip(configs, packed):
+        alone = run_trial(config, base=host.base(None, torch.device("cpu"), torch.float32))
+        _assert_same_history(result.history, alone.history)
+        alone.model.unload()
