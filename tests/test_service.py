@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.postgres import loopback_url, postgres_database
-from tests.ray_env import kill_ray_under, ray_env
+from tests.ray_env import kill_ray_under, ray_env, ray_workers
 from tests.studies import MAX_STEPS, run_cli, space_file, study_runs, trial_results
 
 def test_quick_study_end_to_end(tmp_path, tiny_trial):
@@ -125,19 +125,10 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
 
 
 def _trial_workers(ray_root: str) -> list[int]:
-    """PIDs of Ray's trial worker processes started under this test's Ray temp root."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            # A trial worker's title is its class (`ray::ResourceTrainable.train`, the class Tune wraps ours in)
-            # while it runs a task, and its instance's repr (`ray::PTPlusTrial`) between tasks.
-            cmdline = (proc / "cmdline").read_bytes()
-            if (b"ray::ResourceTrainable" in cmdline or b"ray::PTPlusTrial" in cmdline) and \
-                    f"RAY_TMPDIR={ray_root}".encode() in (proc / "environ").read_bytes():
-                pids.append(int(proc.name))
-        except (OSError, ValueError):
-            continue
-    return pids
+    """PIDs of Ray's trial worker processes started under this test's Ray temp root. A trial worker's title is its
+    class (`ray::ResourceTrainable.train`, the class Tune wraps ours in) while it runs a task, and its instance's
+    repr (`ray::PTPlusTrial`) between tasks."""
+    return ray_workers(ray_root, (b"ray::ResourceTrainable", b"ray::PTPlusTrial"))
 
 
 def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server,

@@ -65,6 +65,10 @@ def test_validation_names_file_parameter_and_problem(tmp_path, parameters, messa
     ({"trial": {"max_steps": 0}}, "max_steps must be an integer >= 1"),
     ({"balance": "learning_rate"}, "balance: must name a categorical parameter without `when`, got 'learning_rate'"),
     ({"balance": "method"}, "balance: must name a categorical parameter"),
+    ({"resources": {"pack": 0}}, "resources.pack: must be an integer >= 1"),
+    ({"resources": {"pack": 2.5}}, "resources.pack: expected an integer, got 2.5"),
+    ({"resources": {"pack": 2, "gpus": 2}}, "a pack trains on one GPU"),
+    ({"resources": {"memory": 2}}, "resources: only cpus, gpus and pack"),
 ])
 def test_study_settings_are_validated(tmp_path, study, message):
     with pytest.raises(PTPlusError, match=message):

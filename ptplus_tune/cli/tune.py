@@ -33,6 +33,10 @@ def build_tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, help="trials at once [from the space]")
     parser.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 [from the space]")
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial [from the space]")
+    parser.add_argument("--pack", metavar="K|auto", help="train K Prefix-Tuning+ trials at once on one resident base "
+                        "model per GPU (per node on CPU); the GPU/CPU figures above are then per pack and each "
+                        "trial reserves 1/K of them; auto: K from the GPU's free memory (on CPU: max_concurrent) "
+                        "[from the space, else 1]")
     parser.add_argument("--seed", type=int, help="TPE seed [from the space]")
     parser.add_argument("--model", help="base model for every trial (folder, .gguf or hub id) [from the space]")
     parser.add_argument("--dataset", help="dataset for every trial [from the space]")
@@ -71,6 +75,11 @@ def _apply_overrides(spec, args) -> None:
         spec.resources.gpus = args.gpus_per_trial
     if args.cpus_per_trial is not None:
         spec.resources.cpus = args.cpus_per_trial
+    if args.pack is not None and args.pack != "auto":
+        try:
+            spec.resources.pack = int(args.pack)
+        except ValueError:
+            raise PTPlusError(f"--pack takes a whole number of trials or auto, got {args.pack!r}") from None
     for key in ("model", "dataset"):
         if getattr(args, key) is not None:
             spec.trial[key] = getattr(args, key)
@@ -100,8 +109,10 @@ def _plan(spec, name: str, path, concurrency: int | None = None) -> str:
     else:
         at_once = f"{concurrency} at a time" + (f" (max_concurrent {spec.max_concurrent}; the cluster has room for "
                                                 f"{concurrency})" if concurrency < spec.max_concurrent else "")
-    return (f"study {name}: {spec.num_samples} trials, {at_once}, {res.cpus:g} CPU + "
-            f"{res.gpus:g} GPU each; {sampler} (seed {spec.seed}) optimises {spec.metric} ({spec.mode}){balance}; "
+    each = f"{res.cpus:g} CPU + {res.gpus:g} GPU each" if res.pack == 1 else \
+        (f"Prefix-Tuning+ trials packed {res.pack} to a base model, {res.cpus:g} CPU + {res.gpus:g} GPU per pack")
+    return (f"study {name}: {spec.num_samples} trials, {at_once}, {each}; {sampler} (seed {spec.seed}) optimises "
+            f"{spec.metric} ({spec.mode}){balance}; "
             f"{stopping}; state in {path}")
 
 
@@ -162,6 +173,7 @@ def _tracked(action, uri: str, name: str, storage_path: str):
 def cmd_tune(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.service import check_gpus, concurrency, connect, run_study, study_dir
+    from ptplus_tune.service.pack_host import auto_pack
     from ptplus_tune.service.disk import check_room, describe, free_bytes
     from ptplus_tune.service.interrupt import LOW_DISK, exit_code
     from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
@@ -198,7 +210,9 @@ def cmd_tune(args) -> int:
     tracking_uri = args.tracking_uri or resumed_uri or default_tracking_uri()
     check_reachable(tracking_uri)
     where = connect(args.address)
-    check_gpus(spec.resources.gpus)
+    if args.pack == "auto" and not args.resume:
+        spec.resources.pack = auto_pack(spec)
+    check_gpus(spec.resources.share(spec.trial.get("method", "ptplus"))[1])
     print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path, concurrency(spec))}; on {where}",
           file=sys.stderr)
     started = time.time()

@@ -12,6 +12,7 @@ from pathlib import Path
 from ptplus_tune.errors import PTPlusError
 
 log = logging.getLogger(__name__)
+NAMESPACE = "ptplus-tune"  # where the named actors of every study live (progress boards, pack hosts)
 GPU_AUTOSCALING = "PTPLUS_GPU_AUTOSCALING"  # "1" on a cluster whose autoscaler adds GPU workers on demand (cluster.yaml)
 
 
@@ -42,13 +43,13 @@ def connect(address: str | None) -> str:
         _check_reachable(address)
     if address and address != "local":
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError) as exc:
             raise PTPlusError(f"could not connect to the Ray cluster at {address}: {exc}") from exc
         return f"Ray cluster at {address}"
     # A new single-node instance only needs loopback: keep it off the machine's network interfaces.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(include_dashboard=False, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     return "a new local Ray instance"
 
 
@@ -71,7 +72,8 @@ def concurrency(spec) -> int:
     import ray
 
     have = ray.cluster_resources()
-    fits = [spec.max_concurrent, math.floor(have.get("CPU", 0) / spec.resources.cpus + 1e-9)]
-    if spec.resources.gpus > 0:
-        fits.append(math.floor(have.get("GPU", 0) / spec.resources.gpus + 1e-9))
+    cpus, gpus = spec.resources.share(spec.trial.get("method", "ptplus"))
+    fits = [spec.max_concurrent, math.floor(have.get("CPU", 0) / cpus + 1e-9)]
+    if gpus > 0:
+        fits.append(math.floor(have.get("GPU", 0) / gpus + 1e-9))
     return max(0, min(fits))

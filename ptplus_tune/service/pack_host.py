@@ -73,7 +73,10 @@ class PackHost:
         return self._locked(attach)
 
     def restore(self, trial_id: str, checkpoint_dir: str) -> dict[str, Any]:
-        return self._locked(lambda: (self.trial_pack.sessions[trial_id].restore(checkpoint_dir), self._info(trial_id))[1])
+        def restore():
+            self.trial_pack.sessions[trial_id].restore(checkpoint_dir)
+            return self._info(trial_id)
+        return self._locked(restore)
 
     def save(self, trial_id: str, folder: str) -> str:
         return self._locked(lambda: str(self.trial_pack.sessions[trial_id].save(folder)))
@@ -129,13 +132,21 @@ def host_name(study: str, node_id: str, gpu: str | None) -> str:
     return f"{HOST_PREFIX}{study}-{node_id[:12]}-{'gpu' + gpu if gpu is not None else 'cpu'}"
 
 
-def open_host(study: str, threads: int, rows_per_pass: int | None, board: str | None):
-    """The host of this worker's node and GPU, created on first use (pinned to this node)."""
+def open_host(study: str, threads: int, board: str | None):
+    """The host of this worker's node and GPU, created on first use (pinned to this node). On a GPU it uses
+    `threads` CPU threads and one forward/backward pass per packed step; on CPU it is the node's one training
+    process, so it uses the node's CPUs, in passes of CPU_ROWS_PER_PASS rows (see TrialPack)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from ptplus_tune.trial.pack import CPU_ROWS_PER_PASS
 
     node_id = ray.get_runtime_context().get_node_id()
     gpus = ray.get_gpu_ids()
     gpu = str(gpus[0]) if gpus else None
+    rows_per_pass = None if gpu is not None else CPU_ROWS_PER_PASS
+    if gpu is None:
+        node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+        threads = max(1, int(node.get("Resources", {}).get("CPU", threads)))
     name = host_name(study, node_id, gpu)
     actor = ray.remote(PackHost).options(
         name=name, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=MAX_CALLS,
@@ -164,7 +175,7 @@ class RemoteSession:
 
     def _update(self, info: dict[str, Any]) -> None:
         self.step, self.done, self.train_loss = info["step"], info["done"], info["train_loss"]
-        self.model_loads = info["model_loads"]
+        self.model_loads, self.pack_trials = info["model_loads"], info["trials"]
 
     def advance(self) -> dict[str, Any]:
         metrics, logs, info = ray.get(self.host.advance.remote(self.trial_id))
@@ -185,3 +196,52 @@ class RemoteSession:
             ray.get(self.host.detach.remote(self.trial_id))
         except ray.exceptions.RayActorError:  # the host is gone: nothing of this trial left to take off
             pass
+
+
+AUTO_MAX_PACK = 16
+
+
+def trial_bytes(model_config, batch_size: int, max_length: int, bytes_per_value: int = 2) -> int:
+    """A generous estimate of one packed trial's activation memory: per token and layer, ~12 hidden-wide and 3
+    MLP-wide values (what autograd keeps for a frozen decoder layer's backward: measured 10.5 and 3 on CPU for
+    SmolLM2), times 1.5 for the step's temporaries."""
+    hidden = model_config.hidden_size
+    mlp = getattr(model_config, "intermediate_size", None) or 4 * hidden
+    layers = model_config.num_hidden_layers
+    return int(batch_size * max_length * layers * (12 * hidden + 3 * mlp) * bytes_per_value * 1.5)
+
+
+def pack_size(free_bytes: int, weight_bytes: int, per_trial_bytes: int) -> int:
+    """`--pack auto` on a GPU: as many trials as fit in 90% of the free memory after the base model's weights,
+    at least 1, at most AUTO_MAX_PACK."""
+    return max(1, min(AUTO_MAX_PACK, int((0.9 * free_bytes - weight_bytes) // max(per_trial_bytes, 1))))
+
+
+def _gpu_room(model: str | None, batch_size: int, max_length: int) -> tuple[int, int, int]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ptplus_tune.data.models import resolve_model
+
+    source, gguf_file = resolve_model(model)
+    config = AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    free, _ = torch.cuda.mem_get_info()
+    return free, parameters * 2, trial_bytes(config, batch_size, max_length)  # bf16 weights
+
+
+def auto_pack(spec) -> int:
+    """K for `--pack auto`. On CPU: max_concurrent (the node's concurrent trials share one base model; same
+    throughput, less memory: bench/packing.py). On a GPU: `pack_size` from the free memory of a GPU of the cluster
+    (a task that waits for one, so an autoscaling cluster starts a GPU worker) and the base model's shape."""
+    if spec.resources.gpus == 0:
+        return spec.max_concurrent
+    trial = spec.trial
+    room = ray.remote(num_gpus=1, num_cpus=0)(_gpu_room)
+    free, weights, per_trial = ray.get(room.remote(trial.get("model"), int(trial.get("batch_size", 4)),
+                                                   int(trial.get("max_length", 96))))
+    k = pack_size(free, weights, per_trial)
+    log.info("--pack auto: %d trials per GPU (%.1f GiB free, base model %.1f GiB, ~%.2f GiB per trial)", k,
+                free / 2**30, weights / 2**30, per_trial / 2**30)
+    return k

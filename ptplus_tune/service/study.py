@@ -155,15 +155,16 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     import ray
     from ray import tune
 
+    from ptplus_tune.service.pack_host import remove_hosts
     from ptplus_tune.service.progress import StudyProgress, board_name, open_board
     from ptplus_tune.service.trainable import SCRATCH, make_trainable
 
     _quiet_tune()
     folder = StudyDir(storage_path, name)
     path = folder.local  # None on a URI: no scratch or disk checks there (trials use their node's local folder)
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     runnable = tune.with_resources(trainable or make_trainable(spec, tracking, str(path) if path else None,
-                                                               board_name(name)), resources)
+                                                               board_name(name), study=name),
+                                   trial_resources(spec))
     if tracking is not None:
         from ptplus_tune.tracking.callback import TrackTrialStatus
 
@@ -203,20 +204,35 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
             grid = tuner.fit()
     except Exception as exc:
         if no_space_left(exc):
-            raise _disk_full(name, storage_path, exc) from exc
+            raise _disk_full(name, storage_path) from exc
         raise
     finally:
         ray.kill(board)
+        remove_hosts(name)
         if path is not None:
             shutil.rmtree(path / SCRATCH, ignore_errors=True)
     full = [r.error for r in grid if r.error is not None and no_space_left(r.error)]
     if full:  # trials that could not write their checkpoints; the next ones would fail the same way
-        raise _disk_full(name, storage_path, full[0])
+        raise _disk_full(name, storage_path) from full[0]
     unfinished = _unfinished(str(folder)) if interruption.reason else ()
     result = summarise(grid, name, str(folder), spec, unfinished=unfinished)
     result.interrupted = interruption.reason
     result.optuna_storage = optuna_storage_of(storage_path, name)
     return result
+
+
+def trial_resources(spec: StudySpec):
+    """A trial's reservation: all of `resources`, or with `pack` K a 1/K share for a Prefix-Tuning+ trial."""
+    if spec.resources.pack == 1:
+        return {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    from ray.tune import PlacementGroupFactory
+
+    default_method = spec.trial.get("method", "ptplus")
+
+    def reserve(config: dict) -> PlacementGroupFactory:
+        cpus, gpus = spec.resources.share(config.get("method", default_method))
+        return PlacementGroupFactory([{"CPU": cpus, **({"GPU": gpus} if gpus else {})}])
+    return reserve
 
 
 NO_SPACE = ("No space left on device", "database or disk is full")
@@ -233,7 +249,7 @@ def no_space_left(exc: BaseException) -> bool:
     return False
 
 
-def _disk_full(name: str, storage_path: str, exc: BaseException) -> PTPlusError:
+def _disk_full(name: str, storage_path: str) -> PTPlusError:
     return PTPlusError(f"the disk that holds {StudyDir(storage_path, name)} is full, so the study stopped (what "
                        f"it saved before may be incomplete): free some space, then "
                        f"`{resume_command(name, storage_path)}`")

@@ -21,7 +21,6 @@ from ptplus_tune.spaces import StudySpec
 
 log = logging.getLogger(__name__)
 SCRATCH = ".scratch"  # per-trial scratch folders inside the study's folder (never the system temp dir)
-PROGRESS_INTERVAL_S = 1.0
 
 
 def trial_settings(spec: StudySpec) -> dict[str, Any]:
@@ -33,19 +32,24 @@ def trial_settings(spec: StudySpec) -> dict[str, Any]:
     return fixed
 
 
-def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None, board: str | None = None):
+def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None, board: str | None = None,
+                   study: str | None = None):
     """`tracking`: a picklable `ptplus_tune.tracking.Target`; each trial then opens (or, when retried, reopens) its
     own MLflow run, logs every report to it before Tune sees it, and logs its adapter at its final step.
-    `board`: the name of the study's ProgressBoard actor, which gets each trial's live step and loss."""
+    `board`: the name of the study's ProgressBoard actor, which gets each trial's live step and loss. With
+    `resources.pack` > 1, Prefix-Tuning+ trials train in the PackHost of their node and GPU (named after `study`)."""
     fixed = trial_settings(spec)
     threads = max(1, math.floor(spec.resources.cpus))
+    packed = spec.resources.pack > 1
 
     class PTPlusTrial(tune.Trainable):
         def setup(self, config: dict[str, Any]) -> None:
             import ray
 
+            from ptplus_tune.service.progress import BoardLink
+
             self.node_id = ray.get_runtime_context().get_node_id()  # Tune's node_ip can't tell nodes on one host apart
-            self._board = None
+            self._board = BoardLink(board)
             self._begin(config)
 
         def _begin(self, config: dict[str, Any]) -> None:
@@ -59,27 +63,26 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
 
                 self._track(lambda: setattr(self, "run", TrialRun(tracking, self.trial_id,
                                                                    self.trial_config.hyperparameters())))
-            self._shown = 0.0
             self._scratch = Path(study_path or self.logdir) / SCRATCH / self.trial_id
             shutil.rmtree(self._scratch, ignore_errors=True)  # left by an attempt that was killed
-            self.session = TrialSession(self.trial_config, host=shared_host(), progress=self._progress,
-                                        on_log=self._on_log)
+            if packed and self.trial_config.method == "ptplus":
+                from ptplus_tune.service.pack_host import RemoteSession, open_host
+
+                host, pack_id = open_host(study or "study", threads, board)
+                self.session = RemoteSession(host, pack_id, self.trial_id, self.trial_config, on_log=self._on_log)
+                if self.run is not None:
+                    from ptplus_tune.tracking.target import PACK_ID
+
+                    self._track(lambda: self.run.set_tags({PACK_ID: pack_id}))
+            else:
+                self.session = TrialSession(self.trial_config, host=shared_host(), progress=self._progress,
+                                            on_log=self._on_log)
             self.setup_s = time.perf_counter() - started  # config, MLflow run, adapter: a warm worker's is short
             self._progress(0, self.trial_config.max_steps)
 
         def _progress(self, step: int, max_steps: int, force: bool = False) -> None:
-            if board is None or (not force and time.monotonic() - self._shown < PROGRESS_INTERVAL_S):
-                return
-            import ray
-
-            self._shown = time.monotonic()
-            try:
-                self._board = self._board or ray.get_actor(board)
-            except ValueError:  # no board (the study's driver is gone): progress is a nicety, training goes on
-                return
             session = getattr(self, "session", None)
-            loss = session.train_loss if session is not None else None
-            self._board.update.remote(self.trial_id, {"step": step, "train_loss": loss})
+            self._board.send(self.trial_id, step, session.train_loss if session is not None else None, force)
 
         def _track(self, action) -> None:
             """MLflow is where results are shown, not what training needs: when the server stops answering, the
@@ -103,7 +106,8 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
                 self._track(self._log_adapter)
             self._progress(self.session.step, self.trial_config.max_steps, force=True)
             worker = {"node_id": self.node_id, "setup_s": self.setup_s,
-                      "worker_model_loads": self.session.host.model_loads}
+                      "worker_model_loads": self.session.model_loads,
+                      "pack_trials": getattr(self.session, "pack_trials", 1)}
             return {**metrics, **worker, "should_checkpoint": True, "done": self.session.done}
 
         def _log_adapter(self) -> None:

@@ -53,8 +53,17 @@ class Scheduler:
 
 @dataclass
 class Resources:
+    """What one trial uses; with `pack` K > 1, what one pack of K Prefix-Tuning+ trials uses (a host on one GPU, or
+    on CPU a node's host), each of its trials reserving 1/K of it (see ptplus_tune.service.pack_host)."""
+
     cpus: float = 1.0
     gpus: float = 0.0
+    pack: int = 1
+
+    def share(self, method: str) -> tuple[float, float]:
+        """(CPUs, GPUs) one trial of this method reserves: packed PT+ trials 1/K, the PEFT baselines all of it."""
+        k = self.pack if method == "ptplus" else 1
+        return self.cpus / k, self.gpus / k
 
 
 @dataclass
@@ -305,9 +314,10 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
                                **{k: _number(source, f"scheduler.{k}", v, int) for k, v in sched.items()
                                   if k in ("grace_period", "reduction_factor")})
     res = data.get("resources") or {}
-    if set(res) - {"cpus", "gpus"}:
-        _fail(source, "resources", "only cpus and gpus")
-    spec.resources = Resources(**{k: _number(source, f"resources.{k}", v) for k, v in res.items()})
+    if set(res) - {"cpus", "gpus", "pack"}:
+        _fail(source, "resources", "only cpus, gpus and pack")
+    spec.resources = Resources(**{k: _number(source, f"resources.{k}", v, int if k == "pack" else float)
+                                  for k, v in res.items()})
     validate(spec)
     return spec
 
@@ -348,6 +358,10 @@ def validate(spec: StudySpec) -> None:
         _fail(src, "resources", "cpus must be > 0 and gpus >= 0")
     if spec.resources.gpus > 1 and not math.isclose(spec.resources.gpus, round(spec.resources.gpus)):
         _fail(src, "resources.gpus", "above 1, GPUs per trial must be a whole number")
+    if isinstance(spec.resources.pack, bool) or not isinstance(spec.resources.pack, int) or spec.resources.pack < 1:
+        _fail(src, "resources.pack", f"must be an integer >= 1 (1: no packing), got {spec.resources.pack!r}")
+    if spec.resources.pack > 1 and spec.resources.gpus > 1:
+        _fail(src, "resources.pack", "a pack trains on one GPU: with pack > 1, gpus (per pack) must be at most 1")
     if spec.startup_trials is not None and spec.startup_trials < 0:
         _fail(src, "startup_trials", "must be >= 0")
     if spec.sampler not in SAMPLERS:

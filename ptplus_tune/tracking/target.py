@@ -22,6 +22,7 @@ TRIAL_ID = "ptplus.trial_id"
 STATUS = "ptplus.status"  # completed | early_stopped | failed
 STOP_REASON = "ptplus.stop_reason"  # early_stopped: asha, or the dead-trial rule that fired (trial.rules)
 STUDY = "ptplus.study"
+PACK_ID = "ptplus.pack_id"  # a packed trial: the model host (node and GPU) it trained on, its last one if retried
 SPACE_SHA256 = "ptplus.space_sha256"
 MODEL_URI = "ptplus.model_uri"  # the trial's logged adapter model, once it has one
 REGISTERED_MODEL = "ptplus.registered_model"  # on the study run: where its best adapter goes ("" = nowhere)

@@ -51,6 +51,10 @@ class TrialRun:
         if evaluation:
             self.logged_step = step
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
     def log_adapter(self, checkpoint_dir: str, step: int) -> None:
         if self.has_model:  # logged by an earlier attempt of this trial that died right after
             return

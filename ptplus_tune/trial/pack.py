@@ -27,6 +27,10 @@ from ptplus_tune.trial.host import ModelHost
 from ptplus_tune.trial.loss import target_losses
 from ptplus_tune.trial.train import TrialResult, TrialSession, pick_device
 
+# A CPU host's pass size (one default micro-batch). bench/packing.py, 2 cores, SmolLM2, K = 4: passes of 4 rows need
+# 1.20x one trial's memory, of 8 rows 1.61x, one pass of all 16 2.13x, at about the same throughput.
+CPU_ROWS_PER_PASS = 4
+
 
 class TrialPack:
     """`rows_per_pass`: at most this many batch rows (whole micro-batches of trials) per forward/backward pass; None:

@@ -91,8 +91,9 @@ class TrialSession:
 
     `host`: a ModelHost whose resident base model and data the trial uses (and hands back with `close`); `base`:
     an already loaded (model, tokenizer); neither: the trial loads its own. `wrap(model, hyperparameters)` puts the
-    adapter on the base model (`build_adapter` by default; a TrialPack adds it to its pack instead). `progress(step, max_steps)` is called
-    after every optimiser step, `on_log({"step", "train_loss"})` at every `log_every` step that is not an evaluation.
+    adapter on the base model (`build_adapter` by default; a TrialPack adds it to its pack instead).
+    `progress(step, max_steps)` is called after every optimiser step, `on_log({"step", "train_loss"})` at every
+    `log_every` step that is not an evaluation.
     """
 
     def __init__(self, config: TrialConfig, *, host=None, base=None, progress: Callable[[int, int], None] | None = None,
@@ -127,6 +128,11 @@ class TrialSession:
         self.train_loss = float("nan")
         self._window: list[float] = []
         self._tokens, self._train_seconds = 0, 0.0
+
+    @property
+    def model_loads(self) -> int:
+        """Base-model loads of this trial's process so far (a warm worker's next trial adds none)."""
+        return self.host.model_loads if self.host is not None else 1
 
     @property
     def done(self) -> bool:

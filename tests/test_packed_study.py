@@ -1,0 +1,102 @@
+"""Packed studies through the CLI: Prefix-Tuning+ trials share one base model in a PackHost, PEFT baselines run
+unpacked beside them, each trial keeps its own reports, checkpoints and MLflow run, and a host killed mid-step
+fails only its trials, which Tune retries from their checkpoints on a new host."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.ray_env import kill_ray_under, ray_env, ray_workers
+from tests.studies import MAX_STEPS, run_cli, space_file, study_runs, trial_results
+
+MIXED = {
+    "method": {"type": "categorical", "choices": ["ptplus", "lora"]},
+    "feature_map": {"type": "categorical", "choices": ["elu", "mlp"], "when": {"method": ["ptplus"]}},
+    "memory": {"type": "categorical", "choices": ["slots", "full"], "when": {"method": ["ptplus"]}},
+    "prefix_length": {"type": "int", "low": 2, "high": 8, "when": {"method": ["ptplus"]}},
+    "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+}
+
+
+def test_a_packed_study_trains_ptplus_trials_on_one_base_model_beside_unpacked_baselines(
+        tmp_path, tiny_trial, tracking_server):
+    space = space_file(tmp_path, tiny_trial, num_samples=8, max_concurrent=4, balance="method", parameters=MIXED,
+                       resources={"cpus": 2, "gpus": 0, "pack": 4}, scheduler={"type": "none"})
+    env = ray_env()
+    try:
+        proc = run_cli(["--space", space, "--storage-path", str(tmp_path / "results"), "--name", "pk",
+                        "--tracking-uri", tracking_server], env, cwd=tmp_path)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Prefix-Tuning+ trials packed 4 to a base model, 2 CPU + 0 GPU per pack" in proc.stderr
+    results = trial_results(tmp_path / "results" / "pk")
+    assert len(results) == 8
+    packed = {tid: rows for tid, rows in results.items() if rows[0]["config"]["method"] == "ptplus"}
+    assert len(packed) == 4  # balanced
+    for rows in results.values():
+        assert [r["step"] for r in rows] == list(range(2, MAX_STEPS + 1, 2))  # each trial its own evaluations
+    # The PT+ trials trained in one host (one base model load for all of them), several at a time.
+    assert {r["worker_model_loads"] for rows in packed.values() for r in rows} == {1}
+    assert max(r["pack_trials"] for rows in packed.values() for r in rows) >= 2
+    runs = study_runs(tracking_server, "pk")
+    assert len(runs) == 8 and all(r.data.tags["ptplus.status"] == "completed" for r in runs)
+    pack_ids = {r.data.tags.get("ptplus.pack_id") for r in runs if r.data.params["method"] == "ptplus"}
+    assert len(pack_ids) == 1 and pack_ids.pop().startswith("ptplus-pack-pk-")
+    assert all("ptplus.pack_id" not in r.data.tags for r in runs if r.data.params["method"] == "lora")
+    client = MlflowClient(tracking_server)
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "eval_accuracy")
+        assert sorted(m.step for m in history) == list(range(2, MAX_STEPS + 1, 2))
+    assert "registered: models:/" in proc.stdout
+
+
+def test_a_host_killed_mid_step_fails_only_its_trials_which_resume_from_their_checkpoints(
+        tmp_path, tiny_trial, tracking_server):
+    steps, every = 2000, 100
+    space = space_file(tmp_path, tiny_trial, max_steps=steps, eval_every=every, num_samples=2, max_concurrent=2,
+                       resources={"cpus": 2, "gpus": 0, "pack": 2}, scheduler={"type": "none"})
+    study = tmp_path / "results" / "pkill"
+    env = ray_env()
+    driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--storage-path",
+                               str(tmp_path / "results"), "--name", "pkill", "--tracking-uri", tracking_server,
+                               "--no-register"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            results = trial_results(study)
+            if len(results) == 2 and all(rows[-1]["step"] >= every for rows in results.values()):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the packed trials never got going")
+        killed_at = {tid: rows[-1]["step"] for tid, rows in trial_results(study).items()}
+        hosts = ray_workers(env["RAY_TMPDIR"], (b"ray::PackHost",))
+        assert len(hosts) == 1
+        os.kill(hosts[0], signal.SIGKILL)
+        out, err = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert max(killed_at.values()) < steps, "the trials finished before the kill"
+    assert driver.returncode == 0, err[-3000:]
+    assert err.count("retrying it from its last checkpoint") == 2  # both trials of the host, nothing else
+    assert "(2 completed, 0 stopped early by ASHA, 0 failed)" in out
+    client = MlflowClient(tracking_server)
+    runs = study_runs(tracking_server, "pkill")
+    assert len(runs) == 2
+    for trial_id, rows in trial_results(study).items():
+        reported = [r["step"] for r in rows]
+        assert reported[-1] == steps and reported.count(every) == 1, reported  # resumed, not restarted
+        assert sorted(set(reported)) == list(range(every, steps + 1, every))
+    for run in runs:
+        assert run.data.tags["ptplus.status"] == "completed" and run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "eval_accuracy")
+        assert sorted(m.step for m in history) == list(range(every, steps + 1, every))  # nothing lost or twice
+    assert not ray_workers(env["RAY_TMPDIR"], (b"ray::PackHost",))
