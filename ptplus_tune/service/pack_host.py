@@ -43,8 +43,8 @@ class PackHost:
         self.board = BoardLink(board)
         self._pack_lock = threading.Lock()  # held by a packed step, and by anything else that touches the pack
         self._state = threading.Condition()  # who waits, what came back
-        self._waiting: set[str] = set()
-        self._results: dict[str, Any] = {}
+        self._waiting: dict[str, object] = {}  # trial id -> the token of its pending `advance`
+        self._results: dict[object, Any] = {}  # token -> metrics, or the exception that ended its step
         self._logs: dict[str, list[dict]] = {}
         self._others = 0  # callers queued for the pack lock; the loop lets them in between steps
         threading.Thread(target=self._loop, name="pack-loop", daemon=True).start()
@@ -63,7 +63,7 @@ class PackHost:
         from ptplus_tune.trial import TrialConfig
 
         def attach():
-            self.trial_pack.detach(trial_id)  # a retried trial whose earlier attempt this host still holds
+            self._drop(trial_id)  # a retried trial whose earlier attempt this host still holds
             self._logs[trial_id] = []
             session = self.trial_pack.attach(
                 trial_id, TrialConfig.from_dict(config),
@@ -82,17 +82,27 @@ class PackHost:
         return self._locked(lambda: str(self.trial_pack.sessions[trial_id].save(folder)))
 
     def detach(self, trial_id: str) -> None:
-        self._locked(lambda: self.trial_pack.detach(trial_id))
+        self._locked(lambda: self._drop(trial_id))
         self._logs.pop(trial_id, None)
+
+    def _drop(self, trial_id: str) -> None:
+        """Take a trial out; an `advance` of it still waiting (its worker died while blocked there) is released."""
+        with self._state:
+            token = self._waiting.pop(trial_id, None)
+            if token is not None:
+                self._results[token] = RuntimeError(f"trial {trial_id} left the pack")
+                self._state.notify_all()
+        self.trial_pack.detach(trial_id)
 
     def advance(self, trial_id: str) -> tuple[dict[str, Any], list[dict], dict[str, Any]]:
         """Wait for this trial's next evaluation: (metrics, training-loss points logged on the way, state)."""
+        token = object()
         with self._state:
-            self._waiting.add(trial_id)
+            self._waiting[trial_id] = token
             self._state.notify_all()
-            while trial_id not in self._results:
+            while token not in self._results:
                 self._state.wait()
-            result = self._results.pop(trial_id)
+            result = self._results.pop(token)
         if isinstance(result, BaseException):
             raise result
         logs, self._logs[trial_id] = self._logs.get(trial_id, []), []
@@ -113,6 +123,8 @@ class PackHost:
             with self._pack_lock:
                 with self._state:
                     keys = sorted(self._waiting)
+                if not keys:  # dropped while this loop waited for the lock
+                    continue
                 try:
                     out: dict[str, Any] = self.trial_pack.step(keys)
                 except BaseException as exc:  # e.g. out of memory: every trial of this step fails, Tune retries them
@@ -120,8 +132,9 @@ class PackHost:
                     out = {key: exc for key in keys}
             with self._state:
                 for key, value in out.items():
-                    self._waiting.discard(key)
-                    self._results[key] = value
+                    token = self._waiting.pop(key, None)
+                    if token is not None:
+                        self._results[token] = value
                 self._state.notify_all()
 
     def ping(self) -> int:

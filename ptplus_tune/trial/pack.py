@@ -28,7 +28,7 @@ from ptplus_tune.trial.loss import target_losses
 from ptplus_tune.trial.train import TrialResult, TrialSession, pick_device
 
 # A CPU host's pass size (one default micro-batch). bench/packing.py, 2 cores, SmolLM2, K = 4: passes of 4 rows need
-# 1.20x one trial's memory, of 8 rows 1.61x, one pass of all 16 2.13x, at about the same throughput.
+# 1.20x one trial's memory, one pass of all 16 rows 2.19x, at about the same throughput (bench/data/packing_v1_*).
 CPU_ROWS_PER_PASS = 4
 
 
