@@ -11,6 +11,8 @@ Steps, each a subprocess with its own time limit:
 Every figure in the JSON was measured by this run; a step that failed or ran out of time says so.
 
     python bench/gpu_check.py                     # writes bench/data/gpu_check.json
+    python bench/gpu_check.py --cpu-smoke --out /tmp/smoke.json   # the same steps, tiny, on CPU: checks this
+                                                                  # script without a GPU (no GPU figures)
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ def run_step(name: str, command: list[str], limit_s: int, env: dict, cwd: str) -
             "stderr_tail": err[-3000:] if rc != 0 else ""}
 
 
-def device_info() -> dict:
+def device_info(smoke: bool) -> dict:
     import torch
 
+    if smoke:
+        return {"name": "cpu (smoke run: not GPU figures)", "torch": torch.__version__}
     if not torch.cuda.is_available():
         raise SystemExit("gpu-check: torch sees no GPU here (torch.cuda.is_available() is False)")
     props = torch.cuda.get_device_properties(0)
@@ -67,8 +71,10 @@ def study_figures(step: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "bench" / "data" / "gpu_check.json"))
+    parser.add_argument("--cpu-smoke", action="store_true", help="run every step on CPU with tiny budgets")
     args = parser.parse_args()
-    report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info(), "steps": {}}
+    smoke = args.cpu_smoke
+    report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info(smoke), "steps": {}}
     out_path = Path(args.out)
 
     def save():
@@ -80,8 +86,10 @@ def main() -> None:
            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         tracking = f"sqlite:///{tmp}/mlflow.db"
-        train = run_step("train_bf16", [*CLI, "train", "--device", "cuda", "--max-steps", "30", "--eval-every", "30",
-                                        "--eval-test", "--output", f"{tmp}/train"], 150, env, tmp)
+        budget = ["--max-steps", "4", "--eval-every", "4", "--k-shot", "2", "--validation-size", "10",
+                  "--test-size", "10", "--max-length", "48"] if smoke else ["--max-steps", "30", "--eval-every", "30"]
+        train = run_step("train_bf16", [*CLI, "train", "--device", "cpu" if smoke else "cuda", *budget, "--eval-test",
+                                        "--output", f"{tmp}/train"], 150, env, tmp)
         metrics_file = Path(tmp) / "train" / "metrics.json"
         if metrics_file.is_file():
             train["metrics"] = json.loads(metrics_file.read_text())
@@ -89,19 +97,21 @@ def main() -> None:
         save()
         common = ["--space", "quick", "--storage-path", f"{tmp}/studies", "--tracking-uri", tracking,
                   "--no-register", "-q"]
-        for name, extra in (("quick_gpu_0.25", ["--gpus-per-trial", "0.25", "--max-concurrent", "4"]),
-                            ("quick_packed_4", ["--gpus-per-trial", "1", "--pack", "4", "--max-concurrent", "4"])):
+        gpus = ("0", "0") if smoke else ("0.25", "1")
+        for name, extra in (("quick_gpu_0.25", ["--gpus-per-trial", gpus[0], "--max-concurrent", "4"]),
+                            ("quick_packed_4", ["--gpus-per-trial", gpus[1], "--pack", "4", "--max-concurrent", "4"])):
             step = run_step(name, [*CLI, *common, "--name", name.replace(".", ""), *extra], 150, env, tmp)
             step.update(study_figures(step))
             report["steps"][name] = step
             save()
         report["steps"]["adapter_overhead"] = run_step(
-            "adapter_overhead", [sys.executable, str(ROOT / "bench" / "adapter_overhead.py"), "--rounds", "5"],
-            60, env, tmp)
+            "adapter_overhead", [sys.executable, str(ROOT / "bench" / "adapter_overhead.py"), "--rounds", "5",
+                                 *(["--layers", "2", "--seq", "64"] if smoke else [])], 60, env, tmp)
         save()
         packing_json = Path(tmp) / "packing.json"
-        step = run_step("packing", [sys.executable, str(ROOT / "bench" / "packing.py"), "--steps", "6", "--json",
-                                    str(packing_json)], 150, env, tmp)
+        step = run_step("packing", [sys.executable, str(ROOT / "bench" / "packing.py"), "--json", str(packing_json),
+                                    *(["--ks", "1", "2", "--steps", "1"] if smoke else ["--steps", "6"])],
+                        150, env, tmp)
         if packing_json.is_file():
             step["figures"] = json.loads(packing_json.read_text())
         report["steps"]["packing"] = step

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import ray
@@ -38,6 +39,7 @@ class PackHost:
         from ptplus_tune.trial import ModelHost
         from ptplus_tune.trial.pack import TrialPack
 
+        self.threads = threads
         torch.set_num_threads(threads)
         self.trial_pack = TrialPack(ModelHost(), rows_per_pass)
         self.board = BoardLink(board)
@@ -66,7 +68,7 @@ class PackHost:
             self._drop(trial_id)  # a retried trial whose earlier attempt this host still holds
             self._logs[trial_id] = []
             session = self.trial_pack.attach(
-                trial_id, TrialConfig.from_dict(config),
+                trial_id, TrialConfig.from_dict({**config, "num_threads": self.threads}),  # the host's, not 1/K
                 progress=lambda step, _: self.board.send(trial_id, step, session.train_loss),
                 on_log=lambda point: self._logs[trial_id].append(point))
             return self._info(trial_id)
@@ -161,11 +163,18 @@ def open_host(study: str, threads: int, board: str | None):
         node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
         threads = max(1, int(node.get("Resources", {}).get("CPU", threads)))
     name = host_name(study, node_id, gpu)
-    actor = ray.remote(PackHost).options(
-        name=name, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=MAX_CALLS,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote(threads, rows_per_pass, board, gpu)
-    return actor, name
+    for _ in range(60):
+        actor = ray.remote(PackHost).options(
+            name=name, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=MAX_CALLS,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(threads, rows_per_pass, board, gpu)
+        try:
+            ray.get(actor.ping.remote())
+            return actor, name
+        except ray.exceptions.RayActorError as exc:  # a host that died (failing this trial) still holds the name
+            last = exc
+            time.sleep(0.5)
+    raise RuntimeError(f"pack host {name} could not be started: {str(last).strip().splitlines()[0]}")
 
 
 def remove_hosts(study: str) -> None:

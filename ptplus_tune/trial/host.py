@@ -50,16 +50,16 @@ def load_splits(config) -> Splits:
 
 def release(model) -> None:
     """Take the adapter off a wrapped base model, leaving the base model as it was loaded (frozen, eval mode)."""
-    import peft
+    from ptplus_tune.adapter.model import AdapterAPI
 
-    if isinstance(model, peft.PeftModel):
-        base = model.base_model
-        base = base.unload() if hasattr(base, "unload") else model.get_base_model()  # LoRA layers out; prefix: none in
-        original = getattr(model, "base_model_prepare_inputs_for_generation", None)
-        if original is not None:  # PEFT patches the base model's generation hook; put it back
-            base.prepare_inputs_for_generation = original
-    else:
-        base = model.unload()
+    if isinstance(model, AdapterAPI):  # ours (PTPlusModel, or a PackedAdapter leaving its pack): no peft import
+        model.unload().eval()
+        return
+    base = model.base_model  # a peft.PeftModel
+    base = base.unload() if hasattr(base, "unload") else model.get_base_model()  # LoRA layers out; prefix: none in
+    original = getattr(model, "base_model_prepare_inputs_for_generation", None)
+    if original is not None:  # PEFT patches the base model's generation hook; put it back
+        base.prepare_inputs_for_generation = original
     base.eval()
 
 
