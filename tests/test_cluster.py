@@ -42,7 +42,10 @@ def test_a_study_spans_two_nodes_and_survives_losing_one(tmp_path, tiny_trial):
     assert len(results) == 8
     for trial_id, rows in results.items():
         steps = [r["step"] for r in rows]
-        assert steps[-1] == STEPS and steps.count(2) == 1, (trial_id, steps)  # resumed, never restarted
+        # Resumed, never restarted: no step reported twice. Tune's own result.json can lose the rows written before
+        # a retry (seen once in CI: [16, 18, ..., 40] after a retry from step 16): on restart it copies the file back
+        # from storage, racing its own background upload. MLflow's record is checked in full below.
+        assert steps[-1] == STEPS and len(steps) == len(set(steps)), (trial_id, steps)
     # MLflow (PostgreSQL-backed server, 8 trials writing at once): exactly one complete run per trial.
     parents = [r for r in seen["runs"] if r["trial_id"] is None]
     children = [r for r in seen["runs"] if r["trial_id"] is not None]
