@@ -42,10 +42,12 @@ def test_a_study_spans_two_nodes_and_survives_losing_one(tmp_path, tiny_trial):
     assert len(results) == 8
     for trial_id, rows in results.items():
         steps = [r["step"] for r in rows]
-        # Resumed, never restarted: no step reported twice. Tune's own result.json can lose the rows written before
-        # a retry (seen once in CI: [16, 18, ..., 40] after a retry from step 16): on restart it copies the file back
-        # from storage, racing its own background upload. MLflow's record is checked in full below.
-        assert steps[-1] == STEPS and len(steps) == len(set(steps)), (trial_id, steps)
+        # Resumed, never restarted from step 0 (which would report step 2 again). Tune's own result.json is only
+        # at-least-once around a node's death: a report whose checkpoint was lost with the node comes again from the
+        # retry (seen: [.., 12, 12, 14, ..]), and once its earliest rows were missing ([16, 18, ..] after a retry
+        # from step 16; its restore of the file from storage on restart is the likely cause). Exactly-once is
+        # checked on MLflow's record below.
+        assert steps[-1] == STEPS and steps.count(2) <= 1, (trial_id, steps)
     # MLflow (PostgreSQL-backed server, 8 trials writing at once): exactly one complete run per trial.
     parents = [r for r in seen["runs"] if r["trial_id"] is None]
     children = [r for r in seen["runs"] if r["trial_id"] is not None]
