@@ -102,7 +102,8 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
     assert len(after) == 5  # exactly the requested number of trials
     for tid, rows in after.items():
         steps = [r["step"] for r in rows]
-        assert len(steps) == len(set(steps)), f"trial {tid} ran steps twice: {steps}"
+        # Never restarted from 0; a report repeated around the kill is Tune's at-least-once (MLflow is checked below).
+        assert steps.count(steps[0]) == 1 and steps == sorted(steps), f"trial {tid} restarted: {steps}"
     configs = [json.dumps(rows[0]["config"], sort_keys=True) for rows in after.values()]
     assert len(set(configs)) == 5
     # Optuna (in the storage the study was started with; --resume found it by itself): one closed trial per Tune
@@ -121,7 +122,9 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
     for tid, rows in after.items():
         assert runs[tid].info.status == "FINISHED" and "ptplus.status" in runs[tid].data.tags
         history = client.get_metric_history(runs[tid].info.run_id, "eval_accuracy")
-        assert sorted(m.step for m in history) == [r["step"] for r in rows]
+        # Every evaluation up to where the trial ended, once (eval_every 2). Not Tune's result.json rows: rows the
+        # killed driver had not yet synced to the study's storage are gone from it after --resume.
+        assert sorted(m.step for m in history) == list(range(2, rows[-1]["step"] + 1, 2))
 
 
 def _trial_workers(ray_root: str) -> list[int]:

@@ -74,6 +74,17 @@ class StudySearch(OptunaSearch):
         super().restore(checkpoint_path)
         close_stale_trials(self._ot_study, {t.number for t in self._ot_trials.values()})
 
+    # After a killed driver, Tune's saved experiment can be older than the Optuna study: a trial Optuna already has
+    # the outcome of is run on, and its reports would raise UpdateFinishedTrialError and end the whole study.
+    # (OptunaSearch.on_trial_complete already tolerates this.)
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %s: its Optuna trial already has its outcome; this report is not recorded again", trial_id)
+
 
 def close_stale_trials(study, known: set[int]) -> list[int]:
     from optuna.trial import TrialState
