@@ -190,3 +190,18 @@ def test_startup_trials_and_the_dead_trial_rule_are_settings(tmp_path):
     assert spec.trial_policy() == {"eval_steps": [5, 15], "dead_trial_step": None}
     with pytest.raises(PTPlusError, match="scheduler.dead_trials: must be true or false"):
         load_space(_write(tmp_path, base, scheduler={"dead_trials": "yes"}))
+
+
+def test_a_report_for_an_optuna_trial_that_already_has_its_outcome_does_not_end_the_study():
+    """After a killed driver, Tune's saved experiment can be older than the Optuna study: a trial Optuna already
+    closed reports again on --resume. Plain OptunaSearch raises UpdateFinishedTrialError there (the whole study
+    ends); StudySearch ignores the report."""
+    from ray import tune
+
+    from ptplus_tune.service.optuna_store import StudySearch
+
+    search = StudySearch(space={"x": tune.uniform(0, 1)}, metric="eval_accuracy", mode="max")
+    search.suggest("t1")
+    search._ot_study.tell(search._ot_trials["t1"], 0.9)
+    search.on_trial_result("t1", {"eval_accuracy": 0.5, "training_iteration": 1})
+    assert search._ot_study.trials[0].intermediate_values == {}
