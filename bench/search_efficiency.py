@@ -27,7 +27,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from ptplus_tune.service import run_study  # noqa: E402
-from ptplus_tune.spaces import parse_space  # noqa: E402
+from ptplus_tune.spaces import load_space, parse_space  # noqa: E402
 from ptplus_tune.spaces.spec import Parameter  # noqa: E402
 
 # Trial functions are shipped to Ray workers by pickling; bench/ is not an installed package, so its code must
@@ -37,13 +37,18 @@ for _module in (grid, sys.modules[__name__]):
         ray.cloudpickle.register_pickle_by_value(_module)
 
 TOLERANCE = 0.01
-STRATEGIES = {  # name: (sampler, early stopping, policy)
-    "TPE + ASHA, before": ("tpe", True, "before"),
-    "random + ASHA, before": ("random", True, "before"),
-    "TPE, no early stopping, before": ("tpe", False, "before"),
-    "random, no early stopping, before": ("random", False, "before"),
-    "TPE + ASHA, now (default policy)": ("tpe", True, "now"),
-    "random + ASHA, now": ("random", True, "now"),
+NOW = "TPE + ASHA, now (default policy)"
+# name: (sampler, early stopping, policy, trial budget). "before": the whole grid as the space and the budget, 10 random
+# start-up trials. "now": the shipped default space's settings (its trial budget, start-up trials sized to it, ASHA
+# rungs, evaluations at the rungs, dead-trial rule), with a budget of all 30 of its grid cells for comparison.
+STRATEGIES = {
+    "TPE + ASHA, before": ("tpe", True, "before", None),
+    "random + ASHA, before": ("random", True, "before", None),
+    "TPE, no early stopping, before": ("tpe", False, "before", None),
+    "random, no early stopping, before": ("random", False, "before", None),
+    NOW: ("tpe", True, "now", None),
+    "random + ASHA, now": ("random", True, "now", None),
+    "TPE + ASHA, now, budget of 30 trials": ("tpe", True, "now", 30),
 }
 # The default space's per-feature-map learning-rate ranges (search_spaces/default.yaml), on the grid's values.
 NOW_LEARNING_RATES = {"elu": [3e-4, 1e-3, 3e-3], "gelu": [3e-4, 1e-3, 3e-3], "relu": [1e-4, 3e-4, 1e-3],
@@ -113,14 +118,19 @@ class StopAtTarget(tune.Stopper):
         return self.counter.steps_to_target is not None
 
 
-def spec_for(table: dict, sampler: str, early_stopping: bool, seed: int, policy: str = "before"):
+def spec_for(table: dict, sampler: str, early_stopping: bool, seed: int, policy: str = "before",
+             budget: int | None = None):
     settings = table["settings"]
     steps = settings["max_steps"]
     if policy == "now":
+        default = load_space("default")
+        scheduler = {"grace_period": default.scheduler.grace_period,
+                     "reduction_factor": default.scheduler.reduction_factor}
         spec = parse_space({
             "name": "replay", "metric": "eval_accuracy", "mode": "max", "max_concurrent": 1, "seed": seed,
-            "num_samples": len(NOW_LEARNING_RATES) * len(NOW_PREFIX_LENGTHS) * 3, "sampler": sampler,
-            "scheduler": {"grace_period": 10, "reduction_factor": 3} if early_stopping else {"type": "none"},
+            "num_samples": budget or default.num_samples, "sampler": sampler,
+            **({"startup_trials": default.startup_trials} if default.startup_trials is not None else {}),
+            "scheduler": scheduler if early_stopping else {"type": "none"},
             "resources": {"cpus": 1, "gpus": 0}, "trial": {"max_steps": steps},
             "parameters": {"feature_map": {"type": "categorical", "choices": list(NOW_LEARNING_RATES)},
                            "prefix_length": {"type": "categorical", "choices": NOW_PREFIX_LENGTHS}},
@@ -216,14 +226,16 @@ def main() -> int:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     results: dict[str, list[tuple[float, float, float]]] = {}  # steps, evaluations, seconds
+    budgets: dict[str, tuple[int, int | None]] = {}  # trials, TPE's random start-up trials
     with tempfile.TemporaryDirectory() as storage:
-        for name, (sampler, early, policy) in STRATEGIES.items():
+        for name, (sampler, early, policy, budget) in STRATEGIES.items():
             for seed in range(args.seeds):
                 counter = StepCounter(target)
-                spec = spec_for(table, sampler, early, seed, policy)
+                spec = spec_for(table, sampler, early, seed, policy, budget)
                 trainable = replay_trainable(table_curves, spec, chance) if policy == "now" else \
                     replay_trainable(table_curves)
-                run_study(spec, f"{sampler}-{early}-{policy}-{seed}", storage, trainable=trainable,
+                budgets[name] = (spec.num_samples, spec.n_startup_trials if sampler == "tpe" else None)
+                run_study(spec, f"{sampler}-{early}-{policy}-{budget}-{seed}", storage, trainable=trainable,
                           callbacks=[counter], stop=StopAtTarget(counter))
                 if counter.steps_to_target is None:
                     results.setdefault(name, []).append((float("inf"),) * 3)
@@ -238,15 +250,18 @@ def main() -> int:
     full_seconds = full_steps * t_step + full_evals * t_eval
     print(f"\ncost to reach within {TOLERANCE} of the grid's best eval_accuracy (median of {args.seeds} seeds; "
           f"inf = not reached)")
-    print("| strategy | median steps | median evaluations | median cost (s) | cost of the full grid |\n"
-          "|---|---|---|---|---|")
+    print("| strategy | trials (start-up) | not reached | median steps | median evaluations | median cost (s) | "
+          "cost of the full grid |\n|---|---|---|---|---|---|---|")
     medians = {}
     for name, values in results.items():
         medians[name] = [statistics.median(v[i] for v in values) for i in range(3)]
         m_steps, m_evals, m_seconds = medians[name]
-        print(f"| {name} | {m_steps:g} | {m_evals:g} | {m_seconds:.0f} | {m_seconds / full_seconds:.1%} |")
-    print(f"| full grid | {full_steps} | {full_evals} | {full_seconds:.0f} | 100.0% |")
-    now = medians["TPE + ASHA, now (default policy)"][2]
+        trials, startup = budgets[name]
+        missed = sum(v[0] == float("inf") for v in values)
+        print(f"| {name} | {trials}{f' ({startup})' if startup is not None else ''} | {missed} of {len(values)} | "
+              f"{m_steps:g} | {m_evals:g} | {m_seconds:.0f} | {m_seconds / full_seconds:.1%} |")
+    print(f"| full grid | {len(finals)} | 0 | {full_steps} | {full_evals} | {full_seconds:.0f} | 100.0% |")
+    now = medians[NOW][2]
     before = medians["TPE + ASHA, before"][2]
     print(f"\ngoal TPE+ASHA with the current policy <= 10% of the full grid's cost: {now / full_seconds:.1%}; "
           f"before: {before / full_seconds:.1%}; before / now = {before / now:.2f}x")

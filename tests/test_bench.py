@@ -69,3 +69,16 @@ def test_spearman_handles_order_and_ties():
     assert search_efficiency.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert search_efficiency.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert search_efficiency.spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, rel=1e-6)
+
+
+def test_the_current_policy_is_replayed_with_the_shipped_default_settings():
+    from ptplus_tune.spaces import load_space
+
+    default = load_space("default")
+    spec = search_efficiency.spec_for(_table(), "tpe", True, seed=3, policy="now")
+    assert (spec.num_samples, spec.n_startup_trials) == (default.num_samples, default.n_startup_trials)
+    assert spec.scheduler == default.scheduler and spec.rungs == [10, 30]  # the grid's 40 steps
+    assert spec.trial_policy() == {"eval_steps": [10, 30], "dead_trial_step": 10}
+    assert spec.parameter("feature_map").choices == default.parameter("feature_map").choices
+    wider = search_efficiency.spec_for(_table(), "tpe", True, seed=3, policy="now", budget=30)
+    assert (wider.num_samples, wider.n_startup_trials) == (30, 7)

@@ -100,3 +100,36 @@ def test_a_host_killed_mid_step_fails_only_its_trials_which_resume_from_their_ch
         history = client.get_metric_history(run.info.run_id, "eval_accuracy")
         assert sorted(m.step for m in history) == list(range(every, steps + 1, every))  # nothing lost or twice
     assert not ray_workers(env["RAY_TMPDIR"], (b"ray::PackHost",))
+
+
+def test_a_cpu_host_trains_with_its_nodes_cpus_and_a_dead_host_is_replaced(tiny_trial, monkeypatch):
+    """On CPU the host is the node's one training process: its trials use the node's CPUs, not their 1/K share.
+    A host that died still holds its name for a moment; the next trial gets a new, live host."""
+    import ray
+
+    from ptplus_tune.service.cluster import NAMESPACE
+    from ptplus_tune.service.pack_host import open_host, remove_hosts
+
+    for key, value in ray_env().items():
+        monkeypatch.setenv(key, value)
+
+    @ray.remote(num_cpus=0)
+    def open_for_trial():  # what a packed trial's worker does
+        return open_host("threads", threads=1, board=None)
+
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    try:
+        host, name = ray.get(open_for_trial.remote())
+        assert name.startswith("ptplus-pack-threads-") and name.endswith("-cpu")
+        assert ray.get(host.attach.remote("a", tiny_trial))["threads"] == 3
+        same, _ = ray.get(open_for_trial.remote())
+        first_pid = ray.get(same.ping.remote())
+        assert ray.get(host.ping.remote()) == first_pid  # one host per node
+        os.kill(first_pid, signal.SIGKILL)
+        again, again_name = ray.get(open_for_trial.remote())
+        assert again_name == name and ray.get(again.ping.remote()) != first_pid
+        assert ray.get(again.attach.remote("a", tiny_trial))["step"] == 0
+        remove_hosts("threads")
+        assert not [n for n in ray.util.list_named_actors() if n.startswith("ptplus-pack-threads-")]
+    finally:
+        ray.shutdown()

@@ -214,6 +214,15 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
     proc = run_cli(["--space", "compare", "--dry-run", "--storage-path", str(tmp_path)], ray_env())
     assert "balance: method" in proc.stdout
     assert "trials take turns over method (ptplus, lora, prefix_tuning)" in proc.stdout
+    # --pack auto on CPU is a rule of the space (max_concurrent trials share a node's base model); on a GPU it needs
+    # the device's free memory, so the plan says when it will be chosen
+    proc = run_cli(["--space", "default", "--max-concurrent", "3", "--pack", "auto", "--dry-run", "--storage-path",
+                    str(tmp_path)], ray_env())
+    assert "pack: 3" in proc.stdout and "trials packed 3 to a base model" in proc.stdout, proc.stdout
+    proc = run_cli(["--space", "default", "--gpus-per-trial", "1", "--pack", "auto", "--dry-run", "--storage-path",
+                    str(tmp_path)], ray_env())
+    assert "--pack auto: trials per GPU are chosen at start" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tmp_path, tiny_trial):

@@ -68,6 +68,7 @@ def test_validation_names_file_parameter_and_problem(tmp_path, parameters, messa
     ({"resources": {"pack": 0}}, "resources.pack: must be an integer >= 1"),
     ({"resources": {"pack": 2.5}}, "resources.pack: expected an integer, got 2.5"),
     ({"resources": {"pack": 2, "gpus": 2}}, "a pack trains on one GPU"),
+    ({"resources": {"pack": 2}, "trial": {"method": "lora"}}, "packs Prefix-Tuning\\+ trials, and this space has none"),
     ({"resources": {"memory": 2}}, "resources: only cpus, gpus and pack"),
 ])
 def test_study_settings_are_validated(tmp_path, study, message):

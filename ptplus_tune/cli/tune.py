@@ -193,9 +193,14 @@ def cmd_tune(args) -> int:
         check_new(args.storage_path, name)
     path = study_dir(args.storage_path, name)
     if args.dry_run:
+        auto = args.pack == "auto" and not args.resume
+        if auto and spec.resources.gpus == 0:
+            spec.resources.pack = auto_pack(spec)  # on CPU a rule of the space alone; on a GPU it needs the device
         print(spec.to_yaml().rstrip())
         print(f"# space sha256 {spec.sha256}")
         print(f"# {_plan(spec, name, path)}")
+        if auto and spec.resources.gpus > 0:
+            print("# --pack auto: trials per GPU are chosen at start from a GPU's free memory (pack above is 1)")
         return 0
 
     check_inputs(spec)
@@ -212,7 +217,7 @@ def cmd_tune(args) -> int:
     where = connect(args.address)
     if args.pack == "auto" and not args.resume:
         spec.resources.pack = auto_pack(spec)
-    check_gpus(spec.resources.share(spec.trial.get("method", "ptplus"))[1])
+    check_gpus(max(spec.resources.share(method)[1] for method in spec.methods))
     print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path, concurrency(spec))}; on {where}",
           file=sys.stderr)
     started = time.time()

@@ -16,6 +16,7 @@ assignment puts the K trials of a host on one device).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -60,6 +61,7 @@ class PackHost:
         finally:
             with self._state:
                 self._others -= 1
+                self._state.notify_all()
 
     def attach(self, trial_id: str, config: dict[str, Any]) -> dict[str, Any]:
         from ptplus_tune.trial import TrialConfig
@@ -113,7 +115,8 @@ class PackHost:
     def _info(self, trial_id: str) -> dict[str, Any]:
         session = self.trial_pack.sessions[trial_id]
         return {"step": session.step, "done": session.done, "train_loss": session.train_loss,
-                "model_loads": self.trial_pack.host.model_loads, "trials": len(self.trial_pack.sessions)}
+                "model_loads": self.trial_pack.host.model_loads, "trials": len(self.trial_pack.sessions),
+                "threads": session.config.num_threads}
 
     def _loop(self) -> None:
         while True:
@@ -121,7 +124,7 @@ class PackHost:
                 while not self._waiting:
                     self._state.wait()
                 while self._others:  # let a queued attach / save / restore in first
-                    self._state.wait(0.001)
+                    self._state.wait()
             with self._pack_lock:
                 with self._state:
                     keys = sorted(self._waiting)
@@ -147,6 +150,14 @@ def host_name(study: str, node_id: str, gpu: str | None) -> str:
     return f"{HOST_PREFIX}{study}-{node_id[:12]}-{'gpu' + gpu if gpu is not None else 'cpu'}"
 
 
+@functools.cache
+def node_cpus(node_id: str) -> int | None:
+    """The CPUs Ray gives this node (asked once per worker process: warm workers run many trials)."""
+    node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+    cpus = node.get("Resources", {}).get("CPU")
+    return max(1, int(cpus)) if cpus else None
+
+
 def open_host(study: str, threads: int, board: str | None):
     """The host of this worker's node and GPU, created on first use (pinned to this node). On a GPU it uses
     `threads` CPU threads and one forward/backward pass per packed step; on CPU it is the node's one training
@@ -160,8 +171,7 @@ def open_host(study: str, threads: int, board: str | None):
     gpu = str(gpus[0]) if gpus else None
     rows_per_pass = None if gpu is not None else CPU_ROWS_PER_PASS
     if gpu is None:
-        node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
-        threads = max(1, int(node.get("Resources", {}).get("CPU", threads)))
+        threads = node_cpus(node_id) or threads
     name = host_name(study, node_id, gpu)
     for _ in range(60):
         actor = ray.remote(PackHost).options(

@@ -89,6 +89,14 @@ class StudySpec:
         return int(self.trial.get("max_steps", TrialConfig.max_steps))
 
     @property
+    def methods(self) -> list[str]:
+        """The adapter methods this study's trials can use (a `method` parameter's choices, or the fixed one)."""
+        p = self.parameter("method")
+        if p is None:
+            return [str(self.trial.get("method", "ptplus"))]
+        return [str(c) for c in p.choices] if p.type == "categorical" else [str(p.value)]
+
+    @property
     def sha256(self) -> str:
         """Hash of the resolved study (after overrides), stable across key order and YAML formatting."""
         return hashlib.sha256(json.dumps(self.to_data(), sort_keys=True, default=str).encode()).hexdigest()
@@ -362,6 +370,9 @@ def validate(spec: StudySpec) -> None:
         _fail(src, "resources.pack", f"must be an integer >= 1 (1: no packing), got {spec.resources.pack!r}")
     if spec.resources.pack > 1 and spec.resources.gpus > 1:
         _fail(src, "resources.pack", "a pack trains on one GPU: with pack > 1, gpus (per pack) must be at most 1")
+    if spec.resources.pack > 1 and "ptplus" not in spec.methods:
+        _fail(src, "resources.pack", f"packs Prefix-Tuning+ trials, and this space has none (method: "
+                                     f"{', '.join(spec.methods)})")
     if spec.startup_trials is not None and spec.startup_trials < 0:
         _fail(src, "startup_trials", "must be >= 0")
     if spec.sampler not in SAMPLERS:
