@@ -26,12 +26,12 @@ def worker(threads: int, steps: int) -> None:
     from ptplus_tune.trial.evaluate import evaluate
 
     session = TrialSession(TrialConfig.from_dict({**SETTINGS, "num_threads": threads}))
-    session._train_step()
+    session.train_step()
     print("ready", flush=True)
     sys.stdin.readline()  # all workers start timing together
     started = time.perf_counter()
     for _ in range(steps):
-        session._train_step()
+        session.train_step()
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     evaluate(session.model, session.encoder, session.splits.validation, session.splits.labels,

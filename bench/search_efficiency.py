@@ -3,6 +3,8 @@ against the tabulated grid (bench/grid.py) instead of training, and counts the t
 before some trial reports an eval_accuracy within 1 point (0.01) of the grid's best. Printed as the median over
 seeds for TPE+ASHA (the service's default), random+ASHA, TPE and random without early stopping, and the full grid;
 plus the rank correlation between early-rung and final accuracy (does ASHA's early judgement hold for PT+?).
+"now" rows replay the shipped `default` space's policy (its trial budget, start-up trials, rungs, evaluation points and
+dead-trial rule) on the grid's values; a seed that does not reach the target within the budget counts as inf.
 
     python bench/search_efficiency.py --seeds 10
 """
@@ -154,11 +156,11 @@ def measured_eval_step_ratio(settings: dict) -> float:
     from ptplus_tune.trial.evaluate import evaluate
 
     session = TrialSession(TrialConfig.from_dict({**settings, "max_steps": 100}))
-    session._train_step()  # warm-up
+    session.train_step()  # warm-up
     steps, evals = [], []
     for _ in range(3):
         started = time.perf_counter()
-        session._train_step()
+        session.train_step()
         steps.append(time.perf_counter() - started)
         started = time.perf_counter()
         evaluate(session.model, session.encoder, session.splits.validation, session.splits.labels,
