@@ -31,16 +31,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "ptplus_tune.cli"]
 
 
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 def run_step(name: str, command: list[str], limit_s: int, env: dict, cwd: str) -> dict:
     print(f"== {name}: {' '.join(command)} (limit {limit_s} s)", flush=True)
     started = time.time()
     try:
         proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=limit_s)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc, out, err = "timeout", (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else \
-            (exc.stdout or ""), (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else \
-            (exc.stderr or "")
+    except subprocess.TimeoutExpired as exc:  # its output so far comes as bytes even with text=True
+        rc, out, err = "timeout", _text(exc.stdout), _text(exc.stderr)
     seconds = round(time.time() - started, 1)
     print(out[-2000:], err[-1500:] if rc != 0 else "", f"-> rc {rc} in {seconds} s", sep="\n", flush=True)
     return {"command": " ".join(command), "rc": rc, "seconds": seconds, "stdout_tail": out[-3000:],

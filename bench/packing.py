@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,7 @@ def worker(args) -> None:
 
     configs = trial_configs(args.k, args.device, args.threads)
     if args.packed:
-        trial_pack = TrialPack(rows_per_pass=args.rows_per_pass)
+        trial_pack = TrialPack(rows_per_pass=args.rows_per_pass, concurrent_passes=args.concurrent_passes)
         for i, config in enumerate(configs):
             trial_pack.attach(i, config)
         keys = list(range(args.k))
@@ -82,7 +83,8 @@ def worker(args) -> None:
                       "peak_mb": peak}), flush=True)
 
 
-def run(k: int, packed: bool, steps: int, device: str, threads: int, rows_per_pass: int | None = None) -> dict:
+def run(k: int, packed: bool, steps: int, device: str, threads: int, rows_per_pass: int | None = None,
+        concurrent_passes: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         go = Path(tmp) / "go"
         procs, readies = [], []
@@ -93,6 +95,7 @@ def run(k: int, packed: bool, steps: int, device: str, threads: int, rows_per_pa
                        str(steps), "--device", device, "--threads", str(threads if packed else max(1, threads // k)),
                        "--ready", str(ready), "--go", str(go)] + (["--packed"] if packed else [])
             command += ["--rows-per-pass", str(rows_per_pass)] if rows_per_pass else []
+            command += ["--concurrent-passes", str(concurrent_passes)]
             procs.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True))
         while not all(r.exists() for r in readies):
             if any(p.poll() not in (None, 0) for p in procs):
@@ -114,6 +117,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--rows-per-pass", type=int, default=None,
                         help="packed: rows per forward/backward pass (default: all in one)")
+    parser.add_argument("--rounds", type=int, default=1, help="packed and separate runs per K, alternating which "
+                        "goes first; ratios are the median over rounds [1]")
+    parser.add_argument("--concurrent-passes", type=int, default=1,
+                        help="packed: passes run at once, each in its own thread with its share of the threads [1]")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--packed", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--k", "--index"):
@@ -127,25 +134,39 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.worker:
         return worker(args)
-    print(f"device {args.device}, {args.threads} threads, {args.steps} timed steps per trial", flush=True)
+    print(f"device {args.device}, {args.threads} threads, {args.steps} timed steps per trial; packed: "
+          f"{args.rows_per_pass or 'all'} rows per pass, {args.concurrent_passes} pass(es) at once", flush=True)
+    print(f"{args.rounds} round(s) per K; steps/s and ratio: medians over rounds; MB: the largest peak", flush=True)
     print(f"{'K':>2} {'packed steps/s':>14} {'separate':>9} {'ratio':>6} {'packed MB':>10} {'separate MB':>12} "
           f"{'mem vs 1 trial':>14}", flush=True)
     rows, one_trial_mb = [], None
     for k in args.ks:
-        packed = run(k, True, args.steps, args.device, args.threads, args.rows_per_pass)
-        separate = run(k, False, args.steps, args.device, args.threads)
-        one_trial_mb = one_trial_mb or (packed["peak_mb"] if k == 1 else None)
-        row = {"k": k, "packed": packed, "separate": separate,
-               "throughput_ratio": packed["trial_steps_per_s"] / separate["trial_steps_per_s"],
-               "memory_vs_one_trial": packed["peak_mb"] / one_trial_mb if one_trial_mb else None}
+        rounds = []
+        for r in range(args.rounds):  # alternate which goes first: the machine's drift then hits both alike
+            order = (True, False) if r % 2 == 0 else (False, True)
+            got = {packed: run(k, packed, args.steps, args.device, args.threads, args.rows_per_pass,
+                               args.concurrent_passes) for packed in order}
+            rounds.append({"packed": got[True], "separate": got[False],
+                           "throughput_ratio": got[True]["trial_steps_per_s"] / got[False]["trial_steps_per_s"]})
+        packed_mb = max(r["packed"]["peak_mb"] for r in rounds)
+        one_trial_mb = one_trial_mb or (packed_mb if k == 1 else None)
+        row = {"k": k, "rounds": rounds,
+               "throughput_ratio": statistics.median(r["throughput_ratio"] for r in rounds),
+               "packed_steps_per_s": statistics.median(r["packed"]["trial_steps_per_s"] for r in rounds),
+               "separate_steps_per_s": statistics.median(r["separate"]["trial_steps_per_s"] for r in rounds),
+               "packed_peak_mb": packed_mb, "separate_peak_mb": max(r["separate"]["peak_mb"] for r in rounds),
+               "memory_vs_one_trial": packed_mb / one_trial_mb if one_trial_mb else None}
         rows.append(row)
         vs_one = f"{row['memory_vs_one_trial']:.2f}x" if one_trial_mb else "-"
-        print(f"{k:>2} {packed['trial_steps_per_s']:>14.3f} {separate['trial_steps_per_s']:>9.3f} "
-              f"{row['throughput_ratio']:>5.2f}x {packed['peak_mb']:>10.0f} {separate['peak_mb']:>12.0f} "
-              f"{vs_one:>14}", flush=True)
+        ratios = ", ".join(f"{r['throughput_ratio']:.2f}x" for r in rounds)
+        each = f"  (rounds: {ratios})" if args.rounds > 1 else ""
+        print(f"{k:>2} {row['packed_steps_per_s']:>14.3f} {row['separate_steps_per_s']:>9.3f} "
+              f"{row['throughput_ratio']:>5.2f}x {packed_mb:>10.0f} {row['separate_peak_mb']:>12.0f} "
+              f"{vs_one:>14}{each}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "threads": args.threads, "steps": args.steps,
-                                               "rows": rows}, indent=1))
+                                               "rows_per_pass": args.rows_per_pass,
+                                               "concurrent_passes": args.concurrent_passes, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

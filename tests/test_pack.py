@@ -73,16 +73,18 @@ def _assert_same_history(packed, alone):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
 
 
-def test_packed_trials_train_exactly_as_alone(tiny_trial):
+@pytest.mark.parametrize("rows_per_pass, concurrent_passes", [(None, 1), (2, 1), (2, 2)])
+def test_packed_trials_train_exactly_as_alone(tiny_trial, rows_per_pass, concurrent_passes):
     """A pack mixing feature maps, memories, prefix lengths, learning rates, batch sizes, gradient accumulation,
-    seeds and lengths (trials leave the pack at different steps)."""
+    seeds and lengths (trials leave the pack at different steps); in one pass per step, and with micro-batches split
+    over passes of 2 rows, one at a time or two at a time in threads."""
     settings = [dict(feature_map="elu", prefix_length=3),
                 dict(feature_map="mlp", memory="full", feature_dim=6, learning_rate=5e-3, seed=1),
                 dict(feature_map="gelu", prefix_length=9, grad_accum=2, batch_size=3, max_steps=8),
                 dict(feature_map="identity", memory="full", learning_rate=1e-2, eval_test=True, seed=2)]
     configs = [TrialConfig(**{**tiny_trial, **s}) for s in settings]
     host = ModelHost()
-    packed = run_packed(configs, host)
+    packed = run_packed(configs, host, rows_per_pass, concurrent_passes)
     assert host.model_loads == 1
     base = load_base_model(tiny_trial["model"])
     for config, result in zip(configs, packed):

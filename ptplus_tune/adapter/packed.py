@@ -10,6 +10,7 @@ prefix length and adapted layers.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -30,23 +31,32 @@ class PackedPTPlus:
             parameter.requires_grad_(False)
         self.sites = find_attention_sites(base_model)
         self.adapters: list[PackedAdapter] = []
-        self._route: list[tuple[PackedAdapter, slice]] | None = None
+        self._local = threading.local()  # the route (and captured queries) of this thread's pass: passes may overlap
         self._handles = []
         for site in self.sites:
             self._attach(site)
 
+    @property
+    def _route(self) -> list[tuple[PackedAdapter, slice]] | None:
+        return getattr(self._local, "route", None)
+
+    @_route.setter
+    def _route(self, route: list[tuple[PackedAdapter, slice]] | None) -> None:
+        self._local.route = route
+
     def _attach(self, site) -> None:
-        captured: dict[str, torch.Tensor] = {}
+        captured = threading.local()
         key = str(site.layer_index)
 
         def keep_query(module, args, output):
             if self._route is not None:
-                captured["query"] = site.to_heads(output)
+                captured.query = site.to_heads(output)
 
         def add_memory(module, args):
             if self._route is None:  # the bare base model
                 return None
-            query, hidden = captured.pop("query"), args[0]
+            query, hidden = captured.query, args[0]
+            del captured.query
             pieces = []
             for adapter, rows in self._route:
                 layer = adapter.ptplus_layers[key] if key in adapter.ptplus_layers else None

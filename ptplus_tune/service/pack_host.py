@@ -31,7 +31,8 @@ MAX_CALLS = 256  # concurrent calls a host accepts: one blocked `advance` per at
 
 
 class PackHost:
-    def __init__(self, threads: int, rows_per_pass: int | None, board: str | None, gpu: str | None):
+    def __init__(self, threads: int, rows_per_pass: int | None, board: str | None, gpu: str | None,
+                 concurrent_passes: int = 1):
         if gpu is not None:  # before torch touches CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         import torch
@@ -42,7 +43,7 @@ class PackHost:
 
         self.threads = threads
         torch.set_num_threads(threads)
-        self.trial_pack = TrialPack(ModelHost(), rows_per_pass)
+        self.trial_pack = TrialPack(ModelHost(), rows_per_pass, concurrent_passes)
         self.board = BoardLink(board)
         self._pack_lock = threading.Lock()  # held by a packed step, and by anything else that touches the pack
         self._state = threading.Condition()  # who waits, what came back
@@ -161,7 +162,7 @@ def node_cpus(node_id: str) -> int | None:
 def open_host(study: str, threads: int, board: str | None):
     """The host of this worker's node and GPU, created on first use (pinned to this node). On a GPU it uses
     `threads` CPU threads and one forward/backward pass per packed step; on CPU it is the node's one training
-    process, so it uses the node's CPUs, in passes of CPU_ROWS_PER_PASS rows (see TrialPack)."""
+    process, so it uses the node's CPUs: passes of CPU_ROWS_PER_PASS rows, one per CPU at once (see TrialPack)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from ptplus_tune.trial.pack import CPU_ROWS_PER_PASS
@@ -172,12 +173,13 @@ def open_host(study: str, threads: int, board: str | None):
     rows_per_pass = None if gpu is not None else CPU_ROWS_PER_PASS
     if gpu is None:
         threads = node_cpus(node_id) or threads
+    concurrent_passes = 1 if gpu is not None else threads
     name = host_name(study, node_id, gpu)
     for _ in range(60):
         actor = ray.remote(PackHost).options(
             name=name, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=MAX_CALLS,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(threads, rows_per_pass, board, gpu)
+        ).remote(threads, rows_per_pass, board, gpu, concurrent_passes)
         try:
             ray.get(actor.ping.remote())
             return actor, name

@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from ptplus_tune.data.prompts import IGNORE
 
 
-def target_losses(model, batch: dict[str, torch.Tensor], rows: Sequence[int] | None = None) -> list[torch.Tensor]:
-    """One scalar loss per group of `rows` (consecutive batch rows; None: one group of every row)."""
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """The target tokens of a batch (what its mean loss divides by)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def target_losses(model, batch: dict[str, torch.Tensor], rows: Sequence[int] | None = None,
+                  mean: bool = True) -> list[torch.Tensor]:
+    """One scalar loss per group of `rows` (consecutive batch rows; None: one group of every row): the mean over its
+    target tokens, or with mean=False their sum."""
     targets = batch["labels"][:, 1:]  # position p predicts token p + 1
     positions = (targets != IGNORE).any(0).nonzero().squeeze(1)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -27,6 +34,6 @@ def target_losses(model, batch: dict[str, torch.Tensor], rows: Sequence[int] | N
     losses, start = [], 0
     for count in rows or [len(targets)]:
         group = slice(start, start + count)
-        losses.append(nll[group].sum() / (targets[group] != IGNORE).sum())
+        losses.append(nll[group].sum() / (targets[group] != IGNORE).sum() if mean else nll[group].sum())
         start += count
     return losses

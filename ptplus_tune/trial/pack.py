@@ -1,10 +1,11 @@
 """TrialPack: several Prefix-Tuning+ trials training at once on one resident base model (packed training).
 
-Each packed step is one forward/backward over the trials' concatenated micro-batches, each sample through its own
-adapter (ptplus_tune.adapter.packed); each trial keeps its own optimizer, schedule, data order, seed, evaluation
-points and checkpoints (it is an ordinary TrialSession whose adapter lives in the pack), so a packed trial's losses
-and metrics are the ones it would have alone, up to floating-point summation order. Trials whose evaluation falls
-on the same step are evaluated in shared forward passes too. Trials join and leave between steps.
+Each packed step is one forward/backward over the trials' concatenated micro-batches (on a CPU, several smaller
+ones), each sample through its own adapter (ptplus_tune.adapter.packed); each trial keeps its own optimizer,
+schedule, data order, seed, evaluation points and checkpoints (it is an ordinary TrialSession whose adapter lives in
+the pack), so a packed trial's losses and metrics are the ones it would have alone, up to floating-point summation
+order. Trials whose evaluation falls on the same step are evaluated in shared forward passes too. Trials join and
+leave between steps.
 
 Why it pays: the base model's weights, the largest memory item, are held once; on a GPU the concatenated batch
 also uses the device far better than K small ones time-sliced between processes. The base model runs in train()
@@ -15,7 +16,11 @@ agreement with an unpacked run needs a base model without dropout (true of the s
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
+
+import torch
 
 from ptplus_tune.adapter.builder import check_hyperparameters, ptplus_config
 from ptplus_tune.adapter.packed import PackedPTPlus
@@ -24,25 +29,39 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate_each
 from ptplus_tune.trial.host import ModelHost
-from ptplus_tune.trial.loss import target_losses
+from ptplus_tune.trial.loss import target_count, target_losses
 from ptplus_tune.trial.train import TrialResult, TrialSession, pick_device
 
-# A CPU host's pass size (one default micro-batch). bench/packing.py, 2 cores, SmolLM2, K = 4: passes of 4 rows need
-# 1.20x one trial's memory, one pass of all 16 rows 2.19x, at about the same throughput (bench/data/packing_v1_*).
-CPU_ROWS_PER_PASS = 4
+# A CPU host's passes: 2 rows each (half a default micro-batch), one pass per CPU at once, each pass on one torch
+# thread. bench/packing.py, 2 cores, SmolLM2, K = 4 (bench/data/packing_v*): one pass of all 16 rows needs 2.19x one
+# trial's memory; serial 4-row passes on 2 threads 1.20x at 0.95x the throughput of one process per trial; two 2-row
+# passes at once 1.06x at 1.00x (single-thread operators waste less than 2-thread ones).
+CPU_ROWS_PER_PASS = 2
+
+
+@dataclass
+class _Piece:
+    """Rows of one trial's micro-batch in a pass; `tokens`: the target tokens of the whole micro-batch."""
+    key: Hashable
+    session: TrialSession
+    batch: dict[str, torch.Tensor]
+    tokens: int
 
 
 class TrialPack:
-    """`rows_per_pass`: at most this many batch rows (whole micro-batches of trials) per forward/backward pass; None:
-    every trial's micro-batch in one pass. One pass is what a GPU wants; on a CPU a large pass brings no speed and
-    holds every trial's activations at once, so there a pack runs its trials in passes of a few micro-batches, which
-    still shares the resident model and keeps memory near one trial's (see bench/packing.py)."""
+    """`rows_per_pass`: at most this many batch rows per forward/backward pass (a micro-batch larger than that is split
+    over several); None: every trial's micro-batch in one pass. `concurrent_passes`: passes run at once, each in its
+    own thread with its share of the torch threads. One pass is what a GPU wants; on a CPU a large pass brings no
+    speed and holds every trial's activations at once, so there a pack runs its trials in small passes, one per CPU
+    at once, which still shares the resident model and keeps memory near one trial's (see bench/packing.py)."""
 
-    def __init__(self, host: ModelHost | None = None, rows_per_pass: int | None = None):
+    def __init__(self, host: ModelHost | None = None, rows_per_pass: int | None = None, concurrent_passes: int = 1):
         self.host = host or ModelHost()
         self.rows_per_pass = rows_per_pass
+        self.concurrent_passes = concurrent_passes
         self.pack: PackedPTPlus | None = None
         self.sessions: dict[Hashable, TrialSession] = {}
+        self._workers: ThreadPoolExecutor | None = None
 
     def attach(self, key: Hashable, config: TrialConfig, progress: Callable[[int, int], None] | None = None,
                on_log: Callable[[dict], None] | None = None) -> TrialSession:
@@ -69,7 +88,7 @@ class TrialPack:
             session.close()
 
     def step(self, keys: Iterable[Hashable]) -> dict[Hashable, dict[str, Any]]:
-        """One optimiser step for each of these trials, as packed forward/backward passes (one per micro-batch of
+        """One optimiser step for each of these trials, as packed forward/backward passes (per micro-batch of
         gradient accumulation); returns the metrics of those that reached an evaluation point (evaluated together)."""
         keys = list(keys)
         sessions = [self.sessions[k] for k in keys]
@@ -79,29 +98,62 @@ class TrialPack:
         self.pack.base_model.train()
         for micro in range(max(s.config.grad_accum for s in sessions)):
             due = [(k, s, s.next_batch()) for k, s in zip(keys, sessions) if s.config.grad_accum > micro]
-            for group in self._passes(due):
-                rows = [len(batch["input_ids"]) for _, _, batch in group]
-                with self.pack.routed([(s.model, n) for (_, s, _), n in zip(group, rows)]):
-                    group_losses = target_losses(self.pack.base_model,
-                                                 pad_batches([b for _, _, b in group], sessions[0].pad_id), rows)
-                    sum(loss / s.config.grad_accum for loss, (_, s, _) in zip(group_losses, group)).backward()
-                for (k, _, _), loss in zip(group, group_losses):
-                    losses[k].append(loss.item())
+            pieces = [piece for k, s, batch in due for piece in self._pieces(k, s, batch)]
+            totals = {k: 0.0 for k, _, _ in due}
+            groups = self._passes(pieces)
+            for group, sums in zip(groups, self._run_passes(groups, sessions[0].pad_id)):
+                for piece, value in zip(group, sums):
+                    totals[piece.key] += value
+            for k, _, batch in due:
+                losses[k].append(totals[k] / target_count(batch))
         seconds = time.perf_counter() - started
         due = [k for k, s in zip(keys, sessions) if s.after_step(s.optimizer_step(losses[k], seconds))]
         return self.evaluate(due)
 
-    def _passes(self, items: list) -> list[list]:
-        """Consecutive groups of (key, session, batch) of at most rows_per_pass rows (at least one batch each)."""
+    def _pieces(self, key: Hashable, session: TrialSession, batch: dict) -> list[_Piece]:
+        """A micro-batch as one piece, or split into pieces of rows_per_pass rows: each piece's loss is its
+        targets' summed NLL over the whole micro-batch's target count, so the pieces' gradients add up to the
+        micro-batch's."""
+        size, tokens = len(batch["input_ids"]), target_count(batch)
+        step = size if self.rows_per_pass is None else self.rows_per_pass
+        return [_Piece(key, session, {k: v[i:i + step] for k, v in batch.items()}, tokens)
+                for i in range(0, size, step)]
+
+    def _pass(self, group: list[_Piece], pad_id: int) -> list[float]:
+        """One forward/backward over a group's concatenated pieces; each piece's summed target NLL."""
+        rows = [len(piece.batch["input_ids"]) for piece in group]
+        with self.pack.routed([(piece.session.model, n) for piece, n in zip(group, rows)]):
+            sums = target_losses(self.pack.base_model, pad_batches([p.batch for p in group], pad_id), rows, mean=False)
+            sum(value / (piece.tokens * piece.session.config.grad_accum) for value, piece in zip(sums, group)).backward()
+        return [value.item() for value in sums]
+
+    def _run_passes(self, groups: list[list[_Piece]], pad_id: int) -> list[list[float]]:
+        """The groups' passes, `concurrent_passes` at a time, each in its own thread with its share of this thread's
+        torch threads. The pieces of one trial are in different groups, and their passes may overlap: autograd
+        accumulates into a parameter's gradient under a lock, and sums are exact up to order."""
+        if self.concurrent_passes == 1 or len(groups) == 1:
+            return [self._pass(group, pad_id) for group in groups]
+        threads = torch.get_num_threads()
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(self.concurrent_passes, thread_name_prefix="pack-pass",
+                                               initializer=torch.set_num_threads,
+                                               initargs=(max(1, threads // self.concurrent_passes),))
+        try:
+            return list(self._workers.map(lambda group: self._pass(group, pad_id), groups))
+        finally:
+            torch.set_num_threads(threads)  # the workers' setting is also torch's default for new threads
+
+    def _passes(self, pieces: list[_Piece]) -> list[list[_Piece]]:
+        """Consecutive groups of pieces of at most rows_per_pass rows (None: all in one)."""
         if self.rows_per_pass is None:
-            return [items]
+            return [pieces]
         groups, rows = [[]], 0
-        for item in items:
-            size = len(item[2]["input_ids"])
+        for piece in pieces:
+            size = len(piece.batch["input_ids"])
             if groups[-1] and rows + size > self.rows_per_pass:
                 groups.append([])
                 rows = 0
-            groups[-1].append(item)
+            groups[-1].append(piece)
             rows += size
         return groups
 
@@ -123,10 +175,10 @@ class TrialPack:
         return out
 
 
-def run_packed(configs: list[TrialConfig], host: ModelHost | None = None,
-               rows_per_pass: int | None = None) -> list[TrialResult]:
+def run_packed(configs: list[TrialConfig], host: ModelHost | None = None, rows_per_pass: int | None = None,
+               concurrent_passes: int = 1) -> list[TrialResult]:
     """Train these configurations to their ends together in one pack (they leave it as they finish or stop)."""
-    trial_pack = TrialPack(host, rows_per_pass)
+    trial_pack = TrialPack(host, rows_per_pass, concurrent_passes)
     for index, config in enumerate(configs):
         trial_pack.attach(index, config)
     histories: list[list[dict]] = [[] for _ in configs]
