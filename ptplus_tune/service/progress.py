@@ -24,6 +24,21 @@ live_log = logging.getLogger("ptplus_tune.progress.live")
 REFRESH_S = 1.0
 
 
+def failure_reason(trial) -> str:
+    """Why a trial failed, in one line: the trial's own exception (which Tune pickles beside its error.txt), or the
+    first line of Ray's error when the worker itself died."""
+    try:  # written to the trial's local folder first, synced to the storage path later
+        with open(trial.pickled_error_file, "rb") as f:
+            error = ray.cloudpickle.load(f)
+    except Exception:  # none, unreadable or not unpicklable here: Tune's error.txt still has the text
+        error = None
+    cause = getattr(error, "cause", None) or error  # a RayTaskError carries the trial's exception as `cause`
+    if cause is None:
+        return "no details"
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:200]
+
+
 @ray.remote(num_cpus=0)
 class ProgressBoard:
     """Where trials post their live step and loss; the driver reads a snapshot."""
@@ -131,13 +146,15 @@ class StudyProgress(Callback):
                     _fmt(last.get(self.metric)), self.status())
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._event(logging.WARNING, "trial %s failed; retrying it from its last checkpoint (step %s)",
-                    trial.trial_id, (trial.last_result or {}).get("step", 0))
+        self._event(logging.WARNING, "trial %s failed (%s); retrying it from its last checkpoint (step %s)",
+                    trial.trial_id, failure_reason(trial), (trial.last_result or {}).get("step", 0))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
         self.failed.add(trial.trial_id)
-        self._event(logging.WARNING, "trial %s failed | %s", trial.trial_id, self.status())
+        where = f"; full error in {trial.error_file}" if trial.error_file else ""
+        self._event(logging.WARNING, "trial %s failed (%s%s) | %s", trial.trial_id, failure_reason(trial), where,
+                    self.status())
 
     def on_step_end(self, iteration, trials, **info):
         now = time.monotonic()
