@@ -172,11 +172,12 @@ def _tracked(action, uri: str, name: str, storage_path: str):
 
 def cmd_tune(args) -> int:
     from ptplus_tune.cli import display
-    from ptplus_tune.service import check_gpus, concurrency, connect, run_study, study_dir
+    from ptplus_tune.service import check_gpus, concurrency, connect, run_study
     from ptplus_tune.service.pack_host import auto_pack
     from ptplus_tune.service.disk import check_room, describe, free_bytes
     from ptplus_tune.service.interrupt import LOW_DISK, exit_code
     from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
+    from ptplus_tune.service.storage import StudyDir
     from ptplus_tune.service.study import check_new, optuna_storage_of, resume_command, saved_spec, saved_tracking_uri
     from ptplus_tune.spaces import load_space
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, interrupt_study, open_study
@@ -191,7 +192,7 @@ def cmd_tune(args) -> int:
         _apply_overrides(spec, args)
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         check_new(args.storage_path, name)
-    path = study_dir(args.storage_path, name)
+    path = StudyDir(args.storage_path, name)
     if args.dry_run:
         auto = args.pack == "auto" and not args.resume
         if auto and spec.resources.gpus == 0:

@@ -1,6 +1,6 @@
 """The tuning service: a study specification run as Ray Tune + OptunaSearch (TPE) + ASHA, resumable."""
 
 from ptplus_tune.service.cluster import check_gpus, concurrency, connect
-from ptplus_tune.service.study import StudyResult, TrialSummary, run_study, study_dir
+from ptplus_tune.service.study import StudyResult, TrialSummary, run_study
 
-__all__ = ["StudyResult", "TrialSummary", "check_gpus", "concurrency", "connect", "run_study", "study_dir"]
+__all__ = ["StudyResult", "TrialSummary", "check_gpus", "concurrency", "connect", "run_study"]

@@ -72,10 +72,6 @@ def resume_command(name: str, storage_path: str) -> str:
     return f"ptplus-tune --resume {name} --storage-path {StudyDir(storage_path, name).storage}"
 
 
-def study_dir(storage_path: str, name: str) -> StudyDir:
-    return StudyDir(storage_path, name)
-
-
 def check_new(storage_path: str, name: str) -> StudyDir:
     folder = StudyDir(storage_path, name)
     if folder.exists():

@@ -131,17 +131,21 @@ class TrialPack:
         """The groups' passes, `concurrent_passes` at a time, each in its own thread with its share of this thread's
         torch threads. The pieces of one trial are in different groups, and their passes may overlap: autograd
         accumulates into a parameter's gradient under a lock, and sums are exact up to order."""
-        if self.concurrent_passes == 1 or len(groups) == 1:
+        at_once = min(self.concurrent_passes, len(groups))
+        if at_once == 1:
             return [self._pass(group, pad_id) for group in groups]
         threads = torch.get_num_threads()
+        each = max(1, threads // at_once)  # fewer groups than passes allowed: each pass gets more threads
+
+        def run(group):
+            torch.set_num_threads(each)  # this worker thread's own setting
+            return self._pass(group, pad_id)
         if self._workers is None:
-            self._workers = ThreadPoolExecutor(self.concurrent_passes, thread_name_prefix="pack-pass",
-                                               initializer=torch.set_num_threads,
-                                               initargs=(max(1, threads // self.concurrent_passes),))
+            self._workers = ThreadPoolExecutor(self.concurrent_passes, thread_name_prefix="pack-pass")
         try:
-            return list(self._workers.map(lambda group: self._pass(group, pad_id), groups))
+            return list(self._workers.map(run, groups))
         finally:
-            torch.set_num_threads(threads)  # the workers' setting is also torch's default for new threads
+            torch.set_num_threads(threads)  # also torch's default for threads not yet started
 
     def _passes(self, pieces: list[_Piece]) -> list[list[_Piece]]:
         """Consecutive groups of pieces of at most rows_per_pass rows (None: all in one)."""
