@@ -10,6 +10,7 @@ import time
 
 import pytest
 from mlflow import MlflowClient
+from ray import tune
 
 from tests.ray_env import kill_ray_under, ray_env, ray_workers
 from tests.studies import MAX_STEPS, run_cli, space_file, study_runs, trial_results
@@ -133,3 +134,50 @@ def test_a_cpu_host_trains_with_its_nodes_cpus_and_a_dead_host_is_replaced(tiny_
         assert not [n for n in ray.util.list_named_actors() if n.startswith("ptplus-pack-threads-")]
     finally:
         ray.shutdown()
+
+
+class SeenHosts(tune.Callback):
+    """The pack hosts alive whenever a trial reports (the driver's view of the named actors)."""
+
+    def __init__(self):
+        self.names: set[str] = set()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import ray
+
+        self.names |= {n for n in ray.util.list_named_actors() if n.startswith("ptplus-pack-")}
+
+
+def test_on_a_gpu_node_packed_trials_take_a_share_of_the_gpu_and_baselines_a_whole_one(tmp_path, tiny_trial,
+                                                                                          monkeypatch):
+    """Ray's GPU accounting, with a GPU declared to Ray (this machine has no CUDA, so the trials compute on CPU): with
+    `pack` 2 and one GPU per pack, a Prefix-Tuning+ trial reserves half the GPU and trains in the GPU's host (one
+    base model for all of them), a LoRA baseline reserves the whole GPU and trains alone."""
+    import ray
+    from ray.tune import ExperimentAnalysis
+
+    from ptplus_tune.service import run_study
+    from ptplus_tune.service.cluster import NAMESPACE
+    from ptplus_tune.spaces import load_space
+
+    for key, value in ray_env().items():
+        monkeypatch.setenv(key, value)
+    spec = load_space(space_file(tmp_path, tiny_trial, num_samples=4, max_concurrent=4, balance="method",
+                                 parameters=MIXED, resources={"cpus": 2, "gpus": 1, "pack": 2},
+                                 scheduler={"type": "none"}))
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    hosts = SeenHosts()
+    try:
+        result = run_study(spec, "gpu", str(tmp_path / "results"), callbacks=[hosts])
+    finally:
+        ray.shutdown()
+    assert [t.status for t in result.trials] == ["completed"] * 4
+    assert len(hosts.names) == 1 and hosts.names.pop().endswith("-gpu0")  # the GPU's host, not the node's CPU one
+    reserved = {t.trial_id: t.placement_group_factory.required_resources
+                for t in ExperimentAnalysis(str(tmp_path / "results" / "gpu")).trials}
+    for trial in result.trials:
+        if trial.config["method"] == "ptplus":
+            assert reserved[trial.trial_id] == {"CPU": 1.0, "GPU": 0.5}
+            assert trial.metrics["worker_model_loads"] == 1
+        else:
+            assert reserved[trial.trial_id] == {"CPU": 2.0, "GPU": 1.0} and trial.metrics["pack_trials"] == 1
