@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,7 +231,8 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
 
 def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tmp_path, tiny_trial):
     """A killed driver's saved state can name a checkpoint `num_to_keep` already deleted (seen in CI): the trial
-    continues from the newer one in its folder (never a final one, nor an older leftover) instead of failing."""
+    continues from the newer one in its folder (a non-final one before a final one, never an older leftover)
+    instead of failing."""
     import torch
     from ray.train._internal.session import _TrainingResult
     from ray.tune import Checkpoint
@@ -253,6 +255,13 @@ def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tm
     assert newest_checkpoint(present, max_steps=12) is present
     nothing = _TrainingResult(checkpoint=Checkpoint(str(tmp_path / "other" / "checkpoint_000000")), metrics={})
     assert newest_checkpoint(nothing, max_steps=12) is nothing  # Tune then reports the missing checkpoint itself
+    # Only the final one is left (seen in CI: the driver died after the last checkpoint was persisted and the one
+    # before deleted, before Tune saved its state or the final report): continue from it; the trial reports its end
+    # again (test_trial.py::test_a_trial_restored_from_its_final_checkpoint_reports_its_end_again).
+    for index in (1, 3, 4, 5):
+        shutil.rmtree(trial_dir / f"checkpoint_{index:06d}")
+    chosen = newest_checkpoint(saved, max_steps=12)
+    assert chosen.checkpoint.path == str(trial_dir / "checkpoint_000006")
 
 
 def test_a_study_on_a_storage_uri_runs_and_resumes(tmp_path, tiny_trial):

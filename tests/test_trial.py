@@ -57,6 +57,24 @@ def test_resume_refuses_a_checkpoint_of_other_hyperparameters(tiny_trial, tmp_pa
         run_trial(TrialConfig(**{**tiny_trial, "max_steps": 4}), resume_from=kept[0])
 
 
+def test_a_trial_restored_from_its_final_checkpoint_reports_its_end_again(tiny_trial, tmp_path):
+    """What a Tune trial does when a killed driver lost its final report but not its final checkpoint."""
+    from ptplus_tune.trial import TrialSession
+    from ptplus_tune.trial.pack import TrialPack
+
+    config = TrialConfig(**{**tiny_trial, "eval_test": True})
+    session = TrialSession(config)
+    while not session.done:
+        last = session.advance()
+    session.save(tmp_path / "final")
+    for again in (TrialSession(config), TrialPack().attach("a", config)):
+        again.restore(tmp_path / "final", final_ok=True)
+        assert again.done
+        assert _comparable([again.report_again()]) == _comparable([last]) and last["step"] == config.max_steps
+    with pytest.raises(PTPlusError, match="nothing left to train"):  # `ptplus-tune train --resume-from` refuses it
+        TrialSession(config).restore(tmp_path / "final")
+
+
 def _hand_scores(model, tokenizer, prompt_template, target_template, examples, labels):
     """Each candidate's summed target log-probability, one unbatched forward per (example, label)."""
     rows = []

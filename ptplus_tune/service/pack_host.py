@@ -77,9 +77,9 @@ class PackHost:
             return self._info(trial_id)
         return self._locked(attach)
 
-    def restore(self, trial_id: str, checkpoint_dir: str) -> dict[str, Any]:
+    def restore(self, trial_id: str, checkpoint_dir: str, final_ok: bool = False) -> dict[str, Any]:
         def restore():
-            self.trial_pack.sessions[trial_id].restore(checkpoint_dir)
+            self.trial_pack.sessions[trial_id].restore(checkpoint_dir, final_ok)
             return self._info(trial_id)
         return self._locked(restore)
 
@@ -112,6 +112,10 @@ class PackHost:
             raise result
         logs, self._logs[trial_id] = self._logs.get(trial_id, []), []
         return result, logs, self._info(trial_id)
+
+    def report_again(self, trial_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(metrics, state) of a trial restored from its final checkpoint: its last evaluation once more."""
+        return self._locked(lambda: (self.trial_pack.evaluate([trial_id])[trial_id], self._info(trial_id)))
 
     def _info(self, trial_id: str) -> dict[str, Any]:
         session = self.trial_pack.sessions[trial_id]
@@ -219,11 +223,16 @@ class RemoteSession:
                 self.on_log(point)
         return metrics
 
+    def report_again(self) -> dict[str, Any]:
+        metrics, info = ray.get(self.host.report_again.remote(self.trial_id))
+        self._update(info)
+        return metrics
+
     def save(self, folder) -> str:
         return ray.get(self.host.save.remote(self.trial_id, str(folder)))
 
-    def restore(self, checkpoint_dir) -> None:
-        self._update(ray.get(self.host.restore.remote(self.trial_id, str(checkpoint_dir))))
+    def restore(self, checkpoint_dir, final_ok: bool = False) -> None:
+        self._update(ray.get(self.host.restore.remote(self.trial_id, str(checkpoint_dir), final_ok)))
 
     def close(self) -> None:
         try:

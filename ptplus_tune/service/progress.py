@@ -152,7 +152,7 @@ class StudyProgress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)
         self.failed.add(trial.trial_id)
-        where = f"; full error in {trial.error_file}" if trial.error_file else ""
+        where = f"; full error in {trial.path}/error.txt" if trial.error_file and trial.path else ""
         self._event(logging.WARNING, "trial %s failed (%s%s) | %s", trial.trial_id, failure_reason(trial), where,
                     self.status())
 

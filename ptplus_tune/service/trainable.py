@@ -99,7 +99,8 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
                 self._track(lambda: self.run.log_metrics(point, evaluation=False))
 
         def step(self) -> dict[str, Any]:
-            metrics = self.session.advance()
+            # Done already: restored from its final checkpoint (see newest_checkpoint); report its end once more.
+            metrics = self.session.report_again() if self.session.done else self.session.advance()
             if self.run is not None:
                 self._track(lambda: self.run.log_metrics(metrics))
             if self.run is not None and self.session.step >= self.trial_config.max_steps:
@@ -135,7 +136,7 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             self.session.save(checkpoint_dir)
 
         def load_checkpoint(self, checkpoint_dir: str) -> None:
-            self.session.restore(checkpoint_dir)
+            self.session.restore(checkpoint_dir, final_ok=True)
             self._progress(self.session.step, self.trial_config.max_steps, force=True)
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -159,7 +160,7 @@ def newest_checkpoint(saved, max_steps: int):
     `CheckpointConfig(num_to_keep)` has since deleted: the driver died after the trial's next checkpoint was persisted
     (and the old one dropped) but before Tune saved its state again. The trial's own folder then holds that newer
     checkpoint, whose reports were already made: continue from it rather than fail the trial. A final checkpoint
-    (nothing left to train) is passed over, so the last stretch is trained again."""
+    (nothing left to train) is taken only when there is no other: the trial then reports its end again."""
     import torch
     from pyarrow.fs import FileSelector, FileType
     from ray.tune import Checkpoint
@@ -173,16 +174,18 @@ def newest_checkpoint(saved, max_steps: int):
     found = fs.get_file_info(FileSelector(trial_dir, allow_not_found=True))
     newer = [i for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")
              and i.base_name > lost]  # Tune numbers them checkpoint_000000, checkpoint_000001, ...
-    for info in sorted(newer, key=lambda i: i.base_name, reverse=True):
+    usable = []  # (not final, name, checkpoint, step): the newest non-final one, else the newest
+    for info in newer:
         candidate = Checkpoint(info.path, filesystem=fs)
         try:
             with candidate.as_directory() as folder:
                 step = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)["step"]
         except Exception:  # a copy the dying driver left half-written
             continue
-        if step < max_steps:
-            fs.create_dir(checkpoint.path)
-            log.warning("checkpoint %s is gone; continuing from the newer %s (step %d)", checkpoint.path, info.path,
-                        step)
-            return type(saved)(checkpoint=candidate, metrics=saved.metrics)
-    return saved
+        usable.append((step < max_steps, info.base_name, candidate, step))
+    if not usable:
+        return saved
+    _, _, chosen, step = max(usable, key=lambda u: u[:2])
+    fs.create_dir(checkpoint.path)
+    log.warning("checkpoint %s is gone; continuing from the newer %s (step %d)", checkpoint.path, chosen.path, step)
+    return type(saved)(checkpoint=chosen, metrics=saved.metrics)

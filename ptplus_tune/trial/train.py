@@ -138,14 +138,16 @@ class TrialSession:
     def done(self) -> bool:
         return self.step >= self.config.max_steps or self.stop_reason is not None
 
-    def restore(self, checkpoint_dir: str | os.PathLike) -> None:
+    def restore(self, checkpoint_dir: str | os.PathLike, final_ok: bool = False) -> None:
+        """Continue from a checkpoint; `final_ok`: also from a final one (then `done`, see report_again)."""
         state = read_checkpoint(checkpoint_dir, self.hyperparameters)
         restore(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step, self.microbatches = state["step"], state["microbatches"]
         extra = state.get("extra") or {}
         self.first_window_loss = extra.get("first_window_loss")
         self.dead_checked = extra.get("dead_checked", False)
-        if self.step >= self.config.max_steps:
+        self.train_loss = extra.get("train_loss", self.train_loss)  # the last report's (a report_again repeats it)
+        if self.step >= self.config.max_steps and not final_ok:
             raise PTPlusError(f"checkpoint {checkpoint_dir} is at step {self.step}, max_steps is "
                               f"{self.config.max_steps}: nothing left to train")
         log.info("resumed from %s at step %d", checkpoint_dir, self.step)
@@ -153,7 +155,8 @@ class TrialSession:
     def _state(self) -> dict:
         return dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, step=self.step,
                     microbatches=self.microbatches, hyperparameters=self.hyperparameters, task=self.task,
-                    extra={"first_window_loss": self.first_window_loss, "dead_checked": self.dead_checked})
+                    extra={"first_window_loss": self.first_window_loss, "dead_checked": self.dead_checked,
+                           "train_loss": self.train_loss})
 
     def save(self, folder: str | os.PathLike) -> Path:
         """The checkpoint's files, written into `folder`."""
@@ -194,6 +197,11 @@ class TrialSession:
             raise RuntimeError("the trial is done; nothing left to advance")
         while not self.after_step(self.train_step()):
             pass
+        return self.metrics(self.evaluate())
+
+    def report_again(self) -> dict[str, Any]:
+        """The last evaluation point's report once more: for a trial restored from its final checkpoint, whose final
+        report a killed driver may have lost (nothing is left to train, so it is evaluated again)."""
         return self.metrics(self.evaluate())
 
     def after_step(self, loss: float) -> bool:
