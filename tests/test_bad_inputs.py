@@ -89,6 +89,9 @@ CASES = {  # id: (how to build the space path and extra flags, expected message)
     "pack flag without Prefix-Tuning+ trials": (lambda t, tt: (_space(t, tt, parameters={
         "method": "lora", "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}), ["--pack", "2"]),
         "resources.pack: packs Prefix-Tuning+ trials, and this space has none (method: lora)"),
+    "pack auto without Prefix-Tuning+ trials": (lambda t, tt: (_space(t, tt, parameters={
+        "method": "lora", "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}),
+        ["--pack", "auto"]), "resources.pack: packs Prefix-Tuning+ trials, and this space has none (method: lora)"),
     "zero max-concurrent flag": (lambda t, tt: (_space(t, tt), ["--max-concurrent", "0"]), "max_concurrent"),
     "storage uri without an optuna database": (lambda t, tt: (_space(t, tt), ["--storage-path", f"file://{t}/r2"]),
                                                "needs --optuna-storage"),

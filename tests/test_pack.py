@@ -151,6 +151,27 @@ def test_only_ptplus_trials_pack(tiny_trial):
         TrialPack().attach("x", TrialConfig(**{**tiny_trial, "method": "lora"}))
 
 
+def test_concurrent_passes_share_the_threads_and_leave_the_callers_setting(tiny_trial):
+    """Each pass runs in its own thread on its share of the caller's torch threads: with room for 4 passes but only
+    2 to run (two trials, a micro-batch per pass), each gets 2 of 4 threads."""
+    import threading
+
+    trial_pack = TrialPack(rows_per_pass=tiny_trial["batch_size"], concurrent_passes=4)
+    trial_pack.attach("a", TrialConfig(**tiny_trial))
+    trial_pack.attach("b", TrialConfig(**{**tiny_trial, "seed": 1}))
+    seen = []
+    trial_pack.pack.base_model.register_forward_pre_hook(
+        lambda *_: seen.append((threading.current_thread().name, torch.get_num_threads())))
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        trial_pack.step(["a", "b"])
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 2 and all(name.startswith("pack-pass") and threads == 2 for name, threads in seen), seen
+
+
 def test_a_trial_that_leaves_frees_its_slot(tiny_trial):
     trial_pack = TrialPack()
     trial_pack.attach("a", TrialConfig(**tiny_trial))

@@ -66,6 +66,7 @@ def build_tune_parser() -> argparse.ArgumentParser:
 
 
 def _apply_overrides(spec, args) -> None:
+    from ptplus_tune.service.pack_host import auto_pack
     from ptplus_tune.spaces import validate
 
     for flag, attr in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
@@ -75,7 +76,9 @@ def _apply_overrides(spec, args) -> None:
         spec.resources.gpus = args.gpus_per_trial
     if args.cpus_per_trial is not None:
         spec.resources.cpus = args.cpus_per_trial
-    if args.pack is not None and args.pack != "auto":
+    if args.pack == "auto" and spec.resources.gpus == 0:
+        spec.resources.pack = auto_pack(spec)  # on CPU a rule of the space; on a GPU it waits for the device
+    elif args.pack is not None and args.pack != "auto":
         try:
             spec.resources.pack = int(args.pack)
         except ValueError:
@@ -179,7 +182,7 @@ def cmd_tune(args) -> int:
     from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
     from ptplus_tune.service.storage import StudyDir
     from ptplus_tune.service.study import check_new, optuna_storage_of, resume_command, saved_spec, saved_tracking_uri
-    from ptplus_tune.spaces import load_space
+    from ptplus_tune.spaces import load_space, validate
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, interrupt_study, open_study
 
     if args.resume:
@@ -193,14 +196,12 @@ def cmd_tune(args) -> int:
         name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         check_new(args.storage_path, name)
     path = StudyDir(args.storage_path, name)
+    gpu_auto_pack = args.pack == "auto" and not args.resume and spec.resources.gpus > 0
     if args.dry_run:
-        auto = args.pack == "auto" and not args.resume
-        if auto and spec.resources.gpus == 0:
-            spec.resources.pack = auto_pack(spec)  # on CPU a rule of the space alone; on a GPU it needs the device
         print(spec.to_yaml().rstrip())
         print(f"# space sha256 {spec.sha256}")
         print(f"# {_plan(spec, name, path)}")
-        if auto and spec.resources.gpus > 0:
+        if gpu_auto_pack:
             print("# --pack auto: trials per GPU are chosen at start from a GPU's free memory (pack above is 1)")
         return 0
 
@@ -216,8 +217,9 @@ def cmd_tune(args) -> int:
     tracking_uri = args.tracking_uri or resumed_uri or default_tracking_uri()
     check_reachable(tracking_uri)
     where = connect(args.address)
-    if args.pack == "auto" and not args.resume:
+    if gpu_auto_pack:
         spec.resources.pack = auto_pack(spec)
+        validate(spec)
     check_gpus(max(spec.resources.share(method)[1] for method in spec.methods))
     print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path, concurrency(spec))}; on {where}",
           file=sys.stderr)

@@ -98,23 +98,24 @@ class TrialPack:
         self.pack.base_model.train()
         for micro in range(max(s.config.grad_accum for s in sessions)):
             due = [(k, s, s.next_batch()) for k, s in zip(keys, sessions) if s.config.grad_accum > micro]
-            pieces = [piece for k, s, batch in due for piece in self._pieces(k, s, batch)]
-            totals = {k: 0.0 for k, _, _ in due}
+            tokens = {k: target_count(batch) for k, _, batch in due}
+            pieces = [piece for k, s, batch in due for piece in self._pieces(k, s, batch, tokens[k])]
+            totals = dict.fromkeys(tokens, 0.0)
             groups = self._passes(pieces)
             for group, sums in zip(groups, self._run_passes(groups, sessions[0].pad_id)):
                 for piece, value in zip(group, sums):
                     totals[piece.key] += value
-            for k, _, batch in due:
-                losses[k].append(totals[k] / target_count(batch))
+            for k in tokens:
+                losses[k].append(totals[k] / tokens[k])
         seconds = time.perf_counter() - started
         due = [k for k, s in zip(keys, sessions) if s.after_step(s.optimizer_step(losses[k], seconds))]
         return self.evaluate(due)
 
-    def _pieces(self, key: Hashable, session: TrialSession, batch: dict) -> list[_Piece]:
-        """A micro-batch as one piece, or split into pieces of rows_per_pass rows: each piece's loss is its
-        targets' summed NLL over the whole micro-batch's target count, so the pieces' gradients add up to the
-        micro-batch's."""
-        size, tokens = len(batch["input_ids"]), target_count(batch)
+    def _pieces(self, key: Hashable, session: TrialSession, batch: dict, tokens: int) -> list[_Piece]:
+        """A micro-batch (of `tokens` targets) as one piece, or split into pieces of rows_per_pass rows: each piece's
+        loss is its targets' summed NLL over the whole micro-batch's target count, so the pieces' gradients add up
+        to the micro-batch's."""
+        size = len(batch["input_ids"])
         step = size if self.rows_per_pass is None else self.rows_per_pass
         return [_Piece(key, session, {k: v[i:i + step] for k, v in batch.items()}, tokens)
                 for i in range(0, size, step)]
@@ -123,7 +124,8 @@ class TrialPack:
         """One forward/backward over a group's concatenated pieces; each piece's summed target NLL."""
         rows = [len(piece.batch["input_ids"]) for piece in group]
         with self.pack.routed([(piece.session.model, n) for piece, n in zip(group, rows)]):
-            sums = target_losses(self.pack.base_model, pad_batches([p.batch for p in group], pad_id), rows, mean=False)
+            batch = pad_batches([piece.batch for piece in group], pad_id)
+            sums = target_losses(self.pack.base_model, batch, rows, mean=False)
             sum(value / (piece.tokens * piece.session.config.grad_accum) for value, piece in zip(sums, group)).backward()
         return [value.item() for value in sums]
 
