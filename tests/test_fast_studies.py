@@ -231,6 +231,7 @@ def test_eval_steps_is_a_train_flag():
 def test_concurrency_is_what_the_cluster_can_give(monkeypatch):
     import ray
 
+    from ptplus_tune.cli.tune import _plan
     from ptplus_tune.service import concurrency
     from ptplus_tune.spaces import load_space
 
@@ -241,11 +242,19 @@ def test_concurrency_is_what_the_cluster_can_give(monkeypatch):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         spec.max_concurrent, spec.resources.cpus = 4, 2
-        assert concurrency(spec) == 1  # max_concurrent says 4, two CPUs fit one 2-CPU trial
+        assert concurrency(spec) == (1, 1)  # max_concurrent says 4, two CPUs fit one 2-CPU trial
         spec.resources.cpus = 1
-        assert concurrency(spec) == 2
+        assert concurrency(spec) == (2, 2)
+        compare = load_space("compare")  # PT+ trials packed 4 to a 2-CPU pack; a baseline reserves all 2 CPUs
+        compare.max_concurrent, compare.resources.cpus, compare.resources.pack = 8, 2, 4
+        assert concurrency(compare) == (1, 4)
+        assert "1 to 4 at a time (room for 4 packed Prefix-Tuning+ trials, or 1 PEFT baseline)" in \
+            _plan(compare, "c", "/tmp/c", concurrency(compare))
+        compare.resources.cpus = 4  # a pack's 4 CPUs: its PT+ trials fit, a baseline does not
+        assert concurrency(compare) == (0, 2)
         spec.resources.gpus = 0.25
-        assert concurrency(spec) == 0  # no GPU yet (an autoscaler may add one)
+        assert concurrency(spec) == (0, 0)  # no GPU yet (an autoscaler may add one)
+        assert "none fits the cluster yet" in _plan(spec, "d", "/tmp/d", concurrency(spec))
     finally:
         ray.shutdown()
         kill_ray_under(env["RAY_TMPDIR"])

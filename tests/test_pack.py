@@ -170,6 +170,10 @@ def test_concurrent_passes_share_the_threads_and_leave_the_callers_setting(tiny_
     finally:
         torch.set_num_threads(before)
     assert len(seen) == 2 and all(name.startswith("pack-pass") and threads == 2 for name, threads in seen), seen
+    trial_pack.detach("a")
+    assert any(t.name.startswith("pack-pass") for t in threading.enumerate())  # "b" still trains
+    trial_pack.detach("b")
+    assert not any(t.name.startswith("pack-pass") for t in threading.enumerate())  # an empty pack holds no threads
 
 
 def test_a_trial_that_leaves_frees_its_slot(tiny_trial):

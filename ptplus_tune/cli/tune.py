@@ -89,7 +89,7 @@ def _apply_overrides(spec, args) -> None:
     validate(spec)
 
 
-def _plan(spec, name: str, path, concurrency: int | None = None) -> str:
+def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> str:
     res = spec.resources
     sampler = "TPE" if spec.sampler == "tpe" else "random search"
     if spec.sampler == "tpe":
@@ -105,18 +105,27 @@ def _plan(spec, name: str, path, concurrency: int | None = None) -> str:
                      f"loss) stop at once")
     balance = f"; trials take turns over {spec.balance} ({', '.join(map(str, spec.parameter(spec.balance).choices))})" \
         if spec.balance else ""
+    return (f"study {name}: {spec.num_samples} trials, {_at_once(spec, concurrency)}, {_each(res)}; {sampler} "
+            f"(seed {spec.seed}) optimises {spec.metric} ({spec.mode}){balance}; {stopping}; state in {path}")
+
+
+def _at_once(spec, concurrency: tuple[int, int] | None) -> str:
     if concurrency is None:
-        at_once = f"up to {spec.max_concurrent} at a time"
-    elif concurrency == 0:
-        at_once = f"none fits the cluster yet (up to {spec.max_concurrent} at a time once nodes join)"
-    else:
-        at_once = f"{concurrency} at a time" + (f" (max_concurrent {spec.max_concurrent}; the cluster has room for "
-                                                f"{concurrency})" if concurrency < spec.max_concurrent else "")
-    each = f"{res.cpus:g} CPU + {res.gpus:g} GPU each" if res.pack == 1 else \
-        (f"Prefix-Tuning+ trials packed {res.pack} to a base model, {res.cpus:g} CPU + {res.gpus:g} GPU per pack")
-    return (f"study {name}: {spec.num_samples} trials, {at_once}, {each}; {sampler} (seed {spec.seed}) optimises "
-            f"{spec.metric} ({spec.mode}){balance}; "
-            f"{stopping}; state in {path}")
+        return f"up to {spec.max_concurrent} at a time"
+    fewest, most = concurrency
+    if most == 0:
+        return f"none fits the cluster yet (up to {spec.max_concurrent} at a time once nodes join)"
+    if fewest < most:  # packed PT+ trials beside baselines that reserve a whole pack each
+        baselines = f"{fewest} PEFT baseline{'s' * (fewest > 1)}" if fewest else "no PEFT baseline fits it yet"
+        return f"{fewest} to {most} at a time (room for {most} packed Prefix-Tuning+ trials, or {baselines})"
+    return f"{most} at a time" + (f" (max_concurrent {spec.max_concurrent}; the cluster has room for {most})"
+                                  if most < spec.max_concurrent else "")
+
+
+def _each(res) -> str:
+    if res.pack == 1:
+        return f"{res.cpus:g} CPU + {res.gpus:g} GPU each"
+    return f"Prefix-Tuning+ trials packed {res.pack} to a base model, {res.cpus:g} CPU + {res.gpus:g} GPU per pack"
 
 
 def _table(result, top: int) -> str:

@@ -66,14 +66,20 @@ def check_gpus(gpus_per_trial: float) -> None:
                           f"use --gpus-per-trial 0 for CPU trials or connect to a cluster with GPUs (--address)")
 
 
-def concurrency(spec) -> int:
-    """Trials the cluster can run at once now: the space's max_concurrent, capped by the CPUs and GPUs it has
-    (0 when no node fits a trial yet, e.g. before the autoscaler's first GPU worker)."""
+def concurrency(spec) -> tuple[int, int]:
+    """Trials the cluster can run at once now, as (fewest, most): the space's max_concurrent, capped by the CPUs and
+    GPUs it has (0 when no node fits a trial yet, e.g. before the autoscaler's first GPU worker). They differ only
+    when the study mixes packed Prefix-Tuning+ trials with PEFT baselines, which reserve a whole pack each."""
     import ray
 
     have = ray.cluster_resources()
-    cpus, gpus = spec.resources.share(spec.trial.get("method", "ptplus"))
-    fits = [spec.max_concurrent, math.floor(have.get("CPU", 0) / cpus + 1e-9)]
-    if gpus > 0:
-        fits.append(math.floor(have.get("GPU", 0) / gpus + 1e-9))
-    return max(0, min(fits))
+
+    def fits(method: str) -> int:
+        cpus, gpus = spec.resources.share(method)
+        limits = [spec.max_concurrent, math.floor(have.get("CPU", 0) / cpus + 1e-9)]
+        if gpus > 0:
+            limits.append(math.floor(have.get("GPU", 0) / gpus + 1e-9))
+        return max(0, min(limits))
+
+    counts = [fits(method) for method in spec.methods]
+    return min(counts), max(counts)

@@ -86,6 +86,14 @@ class TrialPack:
         session = self.sessions.pop(key, None)
         if session is not None:
             session.close()
+        if not self.sessions:  # an empty pack holds no idle pass threads
+            self.stop_passes()
+
+    def stop_passes(self) -> None:
+        """End the pass threads (started again by the next step that needs them)."""
+        if self._workers is not None:
+            self._workers.shutdown()
+            self._workers = None
 
     def step(self, keys: Iterable[Hashable]) -> dict[Hashable, dict[str, Any]]:
         """One optimiser step for each of these trials, as packed forward/backward passes (per micro-batch of
@@ -189,10 +197,13 @@ def run_packed(configs: list[TrialConfig], host: ModelHost | None = None, rows_p
         trial_pack.attach(index, config)
     histories: list[list[dict]] = [[] for _ in configs]
     active = list(range(len(configs)))
-    while active:
-        for key, metrics in trial_pack.step(active).items():
-            histories[key].append(metrics)
-        active = [k for k in active if not trial_pack.sessions[k].done]
+    try:
+        while active:
+            for key, metrics in trial_pack.step(active).items():
+                histories[key].append(metrics)
+            active = [k for k in active if not trial_pack.sessions[k].done]
+    finally:
+        trial_pack.stop_passes()
     results = [TrialResult(h[-1] if h else {}, h, trial_pack.sessions[k].model, trial_pack.sessions[k].task)
                for k, h in enumerate(histories)]
     return results
