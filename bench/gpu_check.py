@@ -112,6 +112,7 @@ def main() -> None:
         save()
         packing_json = Path(tmp) / "packing.json"
         step = run_step("packing", [sys.executable, str(ROOT / "bench" / "packing.py"), "--json", str(packing_json),
+                                    "--rounds", "1",
                                     *(["--ks", "1", "2", "--steps", "1"] if smoke else ["--steps", "6"])],
                         150, env, tmp)
         if packing_json.is_file():

@@ -9,7 +9,7 @@ embedded SmolLM2-135M and BBC News, two ways:
 Both do the same per-trial bookkeeping (optimizer, schedule, loss rules); no evaluation. Each process warms up, waits
 for all to be ready, then times `--steps` steps. Throughput: trial-steps per second over the timed window. Memory:
 peak RSS (CPU) or peak CUDA allocation (GPU), summed over the processes of a run. Printed: packed / separate ratios
-and packed memory / one trial's (K = 1) memory. Targets (CPU): at K = 4, memory <= 1.3x one trial's and throughput
+and packed memory / one trial's memory (the separate process at K = 1: one unpacked trial). Targets (CPU): at K = 4, memory <= 1.3x one trial's and throughput
 >= 1.0x separate; on a GPU, 8 packed trials >= 4x the throughput of 8 separate ones.
 
     python bench/packing.py --json bench/data/packing_v1.json        # K = 1 2 4 8, 6 timed steps each
@@ -116,11 +116,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads in all")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--rows-per-pass", type=int, default=None,
-                        help="packed: rows per forward/backward pass (default: all in one)")
-    parser.add_argument("--rounds", type=int, default=1, help="packed and separate runs per K, alternating which "
-                        "goes first; ratios are the median over rounds [1]")
-    parser.add_argument("--concurrent-passes", type=int, default=1,
-                        help="packed: passes run at once, each in its own thread with its share of the threads [1]")
+                        help="packed: rows per forward/backward pass, 0 for all in one (default: what a pack host "
+                             "uses on this device: all in one on a GPU, CPU_ROWS_PER_PASS on a CPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="packed and separate runs per K, alternating which "
+                        "goes first; ratios are the median over rounds [3]")
+    parser.add_argument("--concurrent-passes", type=int, default=None,
+                        help="packed: passes run at once, each in its own thread with its share of the threads "
+                             "(default: what a pack host uses: 1 on a GPU, one per thread on a CPU)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--packed", action="store_true", help=argparse.SUPPRESS)
     for hidden in ("--k", "--index"):
@@ -134,6 +136,13 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.worker:
         return worker(args)
+    from ptplus_tune.data.models import embedded_model_dir
+    from ptplus_tune.trial.pack import host_passes
+
+    embedded_model_dir()  # converted from its GGUF once, here: not inside the first timed process's peak memory
+    rows_per_pass, concurrent_passes = host_passes(args.device == "cuda", args.threads)
+    args.rows_per_pass = rows_per_pass if args.rows_per_pass is None else (args.rows_per_pass or None)
+    args.concurrent_passes = args.concurrent_passes or concurrent_passes
     print(f"device {args.device}, {args.threads} threads, {args.steps} timed steps per trial; packed: "
           f"{args.rows_per_pass or 'all'} rows per pass, {args.concurrent_passes} pass(es) at once", flush=True)
     print(f"{args.rounds} round(s) per K; steps/s and ratio: medians over rounds; MB: the largest peak", flush=True)
@@ -149,7 +158,8 @@ def main() -> None:
             rounds.append({"packed": got[True], "separate": got[False],
                            "throughput_ratio": got[True]["trial_steps_per_s"] / got[False]["trial_steps_per_s"]})
         packed_mb = max(r["packed"]["peak_mb"] for r in rounds)
-        one_trial_mb = one_trial_mb or (packed_mb if k == 1 else None)
+        if k == 1:  # one trial alone: one unpacked process
+            one_trial_mb = max(r["separate"]["peak_mb"] for r in rounds)
         row = {"k": k, "rounds": rounds,
                "throughput_ratio": statistics.median(r["throughput_ratio"] for r in rounds),
                "packed_steps_per_s": statistics.median(r["packed"]["trial_steps_per_s"] for r in rounds),

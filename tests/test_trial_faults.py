@@ -83,7 +83,8 @@ def test_a_trial_that_fails_for_good_is_one_line_naming_its_error_file(local_ray
     with caplog.at_level(logging.INFO, logger="ptplus_tune.progress"):
         grid = tuner.fit()
     (trial_error,) = grid.errors
-    lines = [r.getMessage() for r in caplog.records if r.name == "ptplus_tune.progress" and " failed (" in r.getMessage()]
+    events = [r.getMessage() for r in caplog.records if r.name == "ptplus_tune.progress"]
+    lines = [line for line in events if " failed (" in line]
     assert len(lines) == 2, lines
     retry, final = lines
     assert "failed (ValueError: the data for this trial is unreadable); retrying it from its last checkpoint " \

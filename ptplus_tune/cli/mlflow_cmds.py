@@ -26,7 +26,8 @@ def cmd_ui(args) -> int:
     if uri.startswith(("http://", "https://")):
         raise PTPlusError(f"{uri} is a tracking server already: open it in a browser")
     if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///"):]):
-        raise PTPlusError(f"no tracking database at {uri[len('sqlite:///'):]}: run a study first or pass --tracking-uri")
+        raise PTPlusError(f"no tracking database at {uri[len('sqlite:///'):]}: run a study first or pass "
+                          f"--tracking-uri")
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI on http://127.0.0.1:{args.port} ({uri}); Ctrl-C stops it", file=sys.stderr, flush=True)

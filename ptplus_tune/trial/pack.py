@@ -35,8 +35,14 @@ from ptplus_tune.trial.train import TrialResult, TrialSession, pick_device
 # A CPU host's passes: 2 rows each (half a default micro-batch), one pass per CPU at once, each pass on one torch
 # thread. bench/packing.py, 2 cores, SmolLM2, K = 4 (bench/data/packing_v*): one pass of all 16 rows needs 2.19x one
 # trial's memory; serial 4-row passes on 2 threads 1.20x at 0.95x the throughput of one process per trial; two 2-row
-# passes at once 1.06x at 1.00x (single-thread operators waste less than 2-thread ones).
+# passes at once 1.10x at 0.95-1.01x (single-thread operators waste less than 2-thread ones).
 CPU_ROWS_PER_PASS = 2
+
+
+def host_passes(gpu: bool, threads: int) -> tuple[int | None, int]:
+    """(rows_per_pass, concurrent_passes) of a host: on a GPU one pass of every trial's rows per step; on a CPU
+    passes of CPU_ROWS_PER_PASS rows, one per thread at once."""
+    return (None, 1) if gpu else (CPU_ROWS_PER_PASS, threads)
 
 
 @dataclass
@@ -134,7 +140,8 @@ class TrialPack:
         with self.pack.routed([(piece.session.model, n) for piece, n in zip(group, rows)]):
             batch = pad_batches([piece.batch for piece in group], pad_id)
             sums = target_losses(self.pack.base_model, batch, rows, mean=False)
-            sum(value / (piece.tokens * piece.session.config.grad_accum) for value, piece in zip(sums, group)).backward()
+            scaled = (value / (piece.tokens * piece.session.config.grad_accum) for value, piece in zip(sums, group))
+            sum(scaled).backward()
         return [value.item() for value in sums]
 
     def _run_passes(self, groups: list[list[_Piece]], pad_id: int) -> list[list[float]]:
