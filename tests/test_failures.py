@@ -70,21 +70,20 @@ def test_a_tracking_server_that_goes_away_loses_no_training(tmp_path, tiny_trial
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace (unshare)")
-def test_a_disk_filling_up_stops_the_study_cleanly_and_resume_finishes_it(tmp_path, tiny_trial, tracking_server):
+def _disk_full_scenario(tmp_path, tiny_trial, tracking_server: str, mode: str) -> dict:
     space = space_file(tmp_path, tiny_trial, max_steps=STEPS, eval_every=EVERY, num_samples=3, max_concurrent=2,
                        scheduler={"type": "none"})
     work = tmp_path / "w"
     work.mkdir()
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-m",
-                           "tests.disk_full_scenario", space, str(work), tracking_server], cwd=ROOT,
+                           "tests.disk_full_scenario", space, str(work), tracking_server, mode], cwd=ROOT,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    seen = json.loads((work / "scenario.json").read_text())
-    full, resumed = seen["full"], seen["resumed"]
-    assert full["returncode"] == 1, full["stderr"][-3000:]
-    assert "interrupted after" in full["stderr"] and "(the disk that holds it is nearly full (" in full["stderr"]
-    assert full["stderr"].strip().splitlines()[-1] == (
-        f"continue it with: free some space, then ptplus-tune --resume fd --storage-path {seen['results']}")
+    return json.loads((work / "scenario.json").read_text())
+
+
+def _resume_finished_every_trial_once(seen: dict, name: str, tracking_server: str) -> None:
+    resumed = seen["resumed"]
     assert seen["versions_when_full"] == 0  # nothing registered while the study was stopped
     assert resumed["returncode"] == 0, resumed["stderr"][-3000:]
     assert len(resumed["steps"]) == 3
@@ -93,13 +92,36 @@ def test_a_disk_filling_up_stops_the_study_cleanly_and_resume_finishes_it(tmp_pa
         # after --resume (seen: [.., 400, 400, ..]). Every evaluation exactly once is checked on MLflow below.
         assert sorted(set(steps)) == list(range(EVERY, STEPS + 1, EVERY)) and steps.count(EVERY) == 1, steps
     assert "(3 completed, 0 stopped early by ASHA, 0 failed)" in resumed["stdout"]
-    runs = study_runs(tracking_server, "fd")
+    runs = study_runs(tracking_server, name)
     assert sorted(r.data.tags["ptplus.trial_id"] for r in runs) == sorted(resumed["steps"])
     for run in runs:  # MLflow: every evaluation once, the run ended as completed
         history = MlflowClient(tracking_server).get_metric_history(run.info.run_id, "eval_accuracy")
         assert sorted(m.step for m in history) == list(range(EVERY, STEPS + 1, EVERY))
         assert run.info.status == "FINISHED" and run.data.tags["ptplus.status"] == "completed"
-    assert MlflowClient(tracking_server).get_model_version_by_alias("reg-fd", "champion").version == "1"
+    assert MlflowClient(tracking_server).get_model_version_by_alias(f"reg-{name}", "champion").version == "1"
+
+
+def test_a_disk_filling_up_stops_the_study_cleanly_and_resume_finishes_it(tmp_path, tiny_trial, tracking_server):
+    seen = _disk_full_scenario(tmp_path, tiny_trial, tracking_server, "guard")
+    full = seen["full"]
+    assert full["returncode"] == 1, full["stderr"][-3000:]
+    assert "interrupted after" in full["stderr"] and "(the disk that holds it is nearly full (" in full["stderr"]
+    assert full["stderr"].strip().splitlines()[-1] == (
+        f"continue it with: free some space, then ptplus-tune --resume fd --storage-path {seen['results']}")
+    _resume_finished_every_trial_once(seen, "fd", tracking_server)
+
+
+def test_a_disk_filled_to_the_last_byte_ends_the_study_with_one_line_and_resume_finishes_it(
+        tmp_path, tiny_trial, tracking_server):
+    """The guard off (PTPLUS_MIN_FREE_MB=0): the trials' own checkpoint writes hit ENOSPC."""
+    seen = _disk_full_scenario(tmp_path, tiny_trial, tracking_server, "hard")
+    full = seen["full"]
+    assert full["returncode"] == 2, full["stderr"][-3000:]
+    last = full["stderr"].strip().splitlines()[-1]
+    assert last == (f"error: the disk that holds {seen['results']}/fdhard is full, so the study stopped (what it saved "
+                    f"before may be incomplete): free some space, then `ptplus-tune --resume fdhard --storage-path "
+                    f"{seen['results']}`"), full["stderr"][-3000:]
+    _resume_finished_every_trial_once(seen, "fdhard", tracking_server)
 
 
 def test_a_disk_already_nearly_full_is_one_line_before_ray_starts(tmp_path, monkeypatch, capsys):
