@@ -11,9 +11,9 @@ from ptplus_tune.adapter import (
     FEATURE_MAPS, MEMORIES, PTPlusConfig, PTPlusModel, build_adapter, count_trainable_parameters, get_ptplus_model,
 )
 from ptplus_tune.errors import PTPlusError
-from tests.tiny_models import VOCAB, randomise_adapter, tiny_gpt2, tiny_llama, tiny_qwen3
+from tests.tiny_models import VOCAB, randomise_adapter, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3
 
-ARCHS = {"llama_gqa": tiny_llama, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2}
+ARCHS = {"llama_gqa": tiny_llama, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2}
 IDS = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
 
 

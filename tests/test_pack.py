@@ -11,14 +11,15 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import TrialConfig, run_trial
 from ptplus_tune.trial.host import ModelHost
 from ptplus_tune.trial.pack import TrialPack, run_packed
-from tests.tiny_models import randomise_adapter, tiny_gpt2, tiny_llama, tiny_qwen3
+from tests.tiny_models import randomise_adapter, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3
 
+SHAPES = [tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3, tiny_gpt2]
 MIXED = [PTPlusConfig("elu", "slots", 3), PTPlusConfig("mlp", "full", 5, feature_dim=6),
          PTPlusConfig("gelu", "slots", 7, layers=[1]), PTPlusConfig("elu_plus_one", "full", 2)]
 TIMING = {"tokens_per_s", "peak_mem_mb"}
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen3, tiny_gpt2])
+@pytest.mark.parametrize("make", SHAPES)
 def test_each_sample_goes_through_its_own_adapter(make):
     pack = PackedPTPlus(make())
     adapters = []
@@ -118,8 +119,9 @@ def test_a_packed_checkpoint_resumes_unpacked_and_the_other_way(tiny_trial, tmp_
     _assert_same_history(rest, resumed.history)
 
 
-def test_bf16_compute_keeps_the_adapters_and_their_gradients_in_fp32():
-    pack = PackedPTPlus(tiny_llama().to(torch.bfloat16))
+@pytest.mark.parametrize("make", SHAPES)
+def test_bf16_compute_keeps_the_adapters_and_their_gradients_in_fp32(make):
+    pack = PackedPTPlus(make().to(torch.bfloat16))
     adapters = [pack.add(config) for config in MIXED[:2]]
     for adapter in adapters:
         randomise_adapter(adapter)
