@@ -136,6 +136,8 @@ def _trial_workers(ray_root: str) -> list[int]:
     return ray_workers(ray_root, (b"ray::ResourceTrainable", b"ray::PTPlusTrial"))
 
 
+# A worker's retry does not depend on where Optuna keeps its study (the killed-study test covers both stores).
+@pytest.mark.parametrize("optuna_storage", ["sqlite"], indirect=True)
 def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server,
                                                                optuna_storage):
     flag, _ = optuna_storage
