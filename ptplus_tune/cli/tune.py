@@ -66,7 +66,6 @@ def build_tune_parser() -> argparse.ArgumentParser:
 
 
 def _apply_overrides(spec, args) -> None:
-    from ptplus_tune.service.pack_host import auto_pack
     from ptplus_tune.spaces import validate
 
     for flag, attr in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
@@ -77,6 +76,8 @@ def _apply_overrides(spec, args) -> None:
     if args.cpus_per_trial is not None:
         spec.resources.cpus = args.cpus_per_trial
     if args.pack == "auto" and spec.resources.gpus == 0:
+        from ptplus_tune.service.pack_host import auto_pack  # (imports Ray: only when asked for)
+
         spec.resources.pack = auto_pack(spec)  # on CPU a rule of the space; on a GPU it waits for the device
     elif args.pack is not None and args.pack != "auto":
         try:
