@@ -227,3 +227,39 @@ def test_tracking_commands_fail_in_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_path, tiny_trial):
+    """A driver killed after a trial opened its run but before Tune saved that trial: the resumed study never knows
+    it. Its run must not stay RUNNING or pass for a trial of the study."""
+    from ptplus_tune.service.study import StudyResult, TrialSummary
+    from ptplus_tune.spaces import load_space
+    from ptplus_tune.tracking import finish_study, open_study
+    from ptplus_tune.tracking.trial_run import TrialRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_space(space_file(tmp_path, tiny_trial))
+    target = open_study(uri, spec, "lost", resume=False)
+    config = {"feature_map": "elu", "prefix_length": 4, "learning_rate": 0.01}
+    for trial_id, evaluated in (("kept", True), ("lost-evaluated", True), ("lost-early", False)):
+        run = TrialRun(target, trial_id, config)
+        run.log_metrics({"step": 1, "train_loss": 1.0}, evaluation=False)
+        if evaluated:
+            run.log_metrics({"step": 2, "eval_accuracy": 0.5, "eval_loss": 1.0})
+    result = StudyResult("lost", str(tmp_path), "eval_accuracy", "max",
+                         [TrialSummary("kept", config, {"step": 2, "eval_accuracy": 0.5}, "early_stopped", "asha")])
+    finish_study(target, result, spec)
+
+    client = MlflowClient(uri)
+    runs = {r.data.tags["ptplus.trial_id"]: r for r in study_runs(uri, "lost")}
+    assert sorted(runs) == ["kept", "lost-evaluated"]  # the one with nothing evaluated is deleted
+    assert runs["kept"].info.status == "FINISHED" and runs["kept"].data.tags["ptplus.status"] == "early_stopped"
+    lost = runs["lost-evaluated"]
+    assert lost.info.status == "FAILED" and lost.data.tags["ptplus.status"] == "failed"
+    assert lost.data.tags["mlflow.note.content"].startswith("**Lost trial.**")
+    assert [m.step for m in client.get_metric_history(lost.info.run_id, "eval_accuracy")] == [2]  # kept as logged
+    deleted = client.search_runs([target.experiment_id], "tags.`ptplus.trial_id` = 'lost-early'",
+                                 run_view_type=2)  # ViewType.DELETED_ONLY: restorable
+    assert len(deleted) == 1
+    table = client.download_artifacts(target.parent_run_id, "trials.csv", str(tmp_path))
+    assert len(open(table).read().splitlines()) == 1 + 1  # the study's table holds its own trials only

@@ -112,6 +112,29 @@ def mark_trial(mlflow_client, target: Target, trial_id: str, status: str, config
     return run
 
 
+LOST_NOTE = ("**Lost trial.** The study's driver was killed after this trial started but before Ray Tune saved it in "
+             "the study's state, so `--resume` could not continue it; its Optuna trial was closed as failed and another "
+             "trial took its place. Its metrics are real but it is not one of the study's trials.")
+
+
+def close_lost_runs(mlflow_client, target: Target, known: set[str]) -> None:
+    """Runs whose trial Tune no longer knows (it started after Tune last saved its state, then the driver was
+    killed): with an evaluation, ended FAILED like its Optuna trial and say why; with none, nothing worth keeping,
+    deleted (MLflow keeps deleted runs restorable until `mlflow gc`)."""
+    for run in child_runs(mlflow_client, target):
+        if run.data.tags.get(TRIAL_ID) in known:
+            continue
+        if "step" not in run.data.metrics:
+            mlflow_client.delete_run(run.info.run_id)
+            continue
+        mlflow_client.set_tag(run.info.run_id, STATUS, "failed")
+        mlflow_client.set_tag(run.info.run_id, NOTE, LOST_NOTE)
+        if run.info.status != "FAILED":
+            mlflow_client.set_terminated(run.info.run_id, "FAILED")
+        log.warning("trial %s was lost with the killed driver after its first evaluation; its MLflow run %s is "
+                    "marked failed", run.data.tags.get(TRIAL_ID), run.info.run_id)
+
+
 def evaluation_sha256(trial_settings: dict[str, Any], metric: str) -> str:
     """What a metric value depends on besides the adapter: base model, data, split and prompt."""
     from ptplus_tune.trial import TrialConfig
@@ -161,14 +184,7 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
                     log.warning("trial %s: its checkpoint %s is gone; its run gets no adapter", trial.trial_id,
                                 trial.checkpoint)
         runs[trial.trial_id] = mlflow_client.get_run(run.info.run_id)
-    known = {trial.trial_id for trial in result.trials}
-    for run in child_runs(mlflow_client, target):  # a run whose trial Tune no longer knows (a killed driver)
-        if run.data.tags.get(TRIAL_ID) in known:
-            continue
-        if "step" not in run.data.metrics:  # the trial started after Tune last saved its state: nothing evaluated,
-            mlflow_client.delete_run(run.info.run_id)  # nothing to keep (its configuration runs again as a new trial)
-        elif run.info.status == "RUNNING":
-            mlflow_client.set_terminated(run.info.run_id, "KILLED")
+    close_lost_runs(mlflow_client, target, {trial.trial_id for trial in result.trials})
 
     report = TrackingReport(target.experiment_id, target.parent_run_id)
     parent = target.parent_run_id
