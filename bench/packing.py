@@ -10,7 +10,8 @@ Both do the same per-trial bookkeeping (optimizer, schedule, loss rules); no eva
 for all to be ready, then times `--steps` steps. Throughput: trial-steps per second over the timed window. Memory:
 peak RSS (CPU) or peak CUDA allocation (GPU), summed over the processes of a run. Printed: packed / separate ratios
 and packed memory / one trial's memory (the separate process at K = 1: one unpacked trial). Targets (CPU): at K = 4,
-memory <= 1.3x one trial's and throughput >= 1.0x separate; on a GPU, 8 packed trials >= 4x the throughput of 8 separate ones.
+memory <= 1.3x one trial's and throughput >= 1.0x separate; on a GPU, 8 packed trials >= 4x the throughput of 8
+separate ones.
 
     python bench/packing.py --json bench/data/packing_v1.json        # K = 1 2 4 8, 6 timed steps each
     python bench/packing.py --ks 1 2 --steps 2                         # a quick look

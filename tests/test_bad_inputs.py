@@ -57,7 +57,8 @@ CASES = {  # id: (how to build the space path and extra flags, expected message)
                                                      {"type": "float", "low": 0.0, "high": 1.0}}), []),
                        "lora_dropout must be in [0, 1)"),
     "conditional range": (lambda t, tt: (_space(t, tt, {**BASE_PARAMETERS,
-                                                        "feature_map": {"type": "categorical", "choices": ["elu", "mlp"]},
+                                                        "feature_map": {"type": "categorical",
+                                                                        "choices": ["elu", "mlp"]},
                                                         "feature_dim": {"type": "int", "low": 0, "high": 8,
                                                                         "when": {"feature_map": "mlp"}}}), []),
                           "parameter 'feature_dim': a trial would reject 0"),
@@ -87,7 +88,8 @@ CASES = {  # id: (how to build the space path and extra flags, expected message)
                                "--pack takes a whole number of trials or auto, got 'many'"),
     "zero pack flag": (lambda t, tt: (_space(t, tt), ["--pack", "0"]), "resources.pack: must be an integer >= 1"),
     "pack flag without Prefix-Tuning+ trials": (lambda t, tt: (_space(t, tt, parameters={
-        "method": "lora", "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}), ["--pack", "2"]),
+        "method": "lora", "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}),
+        ["--pack", "2"]),
         "resources.pack: packs Prefix-Tuning+ trials, and this space has none (method: lora)"),
     "pack auto without Prefix-Tuning+ trials": (lambda t, tt: (_space(t, tt, parameters={
         "method": "lora", "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}),

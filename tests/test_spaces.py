@@ -40,10 +40,13 @@ def _write(tmp_path, parameters, **study):
 
 
 @pytest.mark.parametrize("parameters, message", [
-    ({"learning_rate": {"type": "uniform", "low": 0.1, "high": 1}}, "parameter 'learning_rate': unknown type 'uniform'"),
-    ({"learning_rate": {"type": "float", "low": 0.1, "high": 0.1}}, "parameter 'learning_rate': low \\(0.1\\) must be < high"),
+    ({"learning_rate": {"type": "uniform", "low": 0.1, "high": 1}},
+     "parameter 'learning_rate': unknown type 'uniform'"),
+    ({"learning_rate": {"type": "float", "low": 0.1, "high": 0.1}},
+     "parameter 'learning_rate': low \\(0.1\\) must be < high"),
     ({"learning_rate": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale needs low > 0"),
-    ({"feature_map": {"type": "categorical", "choices": ["elu", "tanh"]}}, "unknown feature_map 'tanh'; choose from elu"),
+    ({"feature_map": {"type": "categorical", "choices": ["elu", "tanh"]}},
+     "unknown feature_map 'tanh'; choose from elu"),
     ({"feature_dim": {"type": "int", "low": 8, "high": 64, "when": {"feature_map": "mlp"}}},
      "parameter 'feature_dim': condition on 'feature_map', which is not a parameter"),
     ({"learning_rte": {"type": "float", "low": 0.1, "high": 1}}, "parameter 'learning_rte': not a trial setting"),
@@ -172,7 +175,8 @@ def test_a_parameter_may_have_variants_per_condition(tmp_path):
     ([{"type": "float", "low": 1e-4, "high": 1e-3, "when": {"feature_map": ["elu", "gelu"]}},
       {"type": "float", "low": 1e-3, "high": 1e-2, "when": {"feature_map": "gelu"}}], "two variants apply at once"),
     ([{"type": "float", "low": 1e-4, "high": 1e-3, "log": True, "when": {"feature_map": "elu"}},
-      {"type": "float", "low": 1e-3, "high": 1e-2, "when": {"feature_map": "gelu"}}], "variants must all be float, all int \\(same log"),
+      {"type": "float", "low": 1e-3, "high": 1e-2, "when": {"feature_map": "gelu"}}],
+     "variants must all be float, all int \\(same log"),
 ])
 def test_bad_variants_are_named(tmp_path, variants, message):
     path = _write(tmp_path, {"feature_map": {"type": "categorical", "choices": ["elu", "gelu"]},

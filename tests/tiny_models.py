@@ -11,7 +11,8 @@ def tiny_llama(seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, pad_token_id=0, eos_token_id=1,
+        bos_token_id=2,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -20,7 +21,8 @@ def tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, initializer_range=0.2, pad_token_id=0, eos_token_id=1,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=128, initializer_range=0.2, pad_token_id=0,
+        eos_token_id=1,
     )
     return Qwen3ForCausalLM(config).eval()
 
@@ -45,8 +47,8 @@ def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2, pad_token_id=0,
-                        eos_token_id=1, bos_token_id=2)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2,
+                        pad_token_id=0, eos_token_id=1, bos_token_id=2)
     return GPT2LMHeadModel(config).eval()
 
 

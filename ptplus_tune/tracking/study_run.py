@@ -112,9 +112,9 @@ def mark_trial(mlflow_client, target: Target, trial_id: str, status: str, config
     return run
 
 
-LOST_NOTE = ("**Lost trial.** The study's driver was killed after this trial started but before Ray Tune saved it in "
-             "the study's state, so `--resume` could not continue it; its Optuna trial was closed as failed and another "
-             "trial took its place. Its metrics are real but it is not one of the study's trials.")
+LOST_NOTE = ("**Lost trial.** The study's driver was killed after this trial started but before Ray Tune saved it "
+             "in the study's state, so `--resume` could not continue it; its Optuna trial was closed as failed and "
+             "another trial took its place. Its metrics are real but it is not one of the study's trials.")
 
 
 def close_lost_runs(mlflow_client, target: Target, known: set[str]) -> None:
