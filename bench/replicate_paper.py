@@ -172,7 +172,7 @@ def run(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.data.identity import dataset_identity, model_identity
     from ptplus_tune.service import connect, run_study
-    from ptplus_tune.service.study import check_new
+    from ptplus_tune.service.storage import check_new
     from ptplus_tune.spaces import load_space, validate
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
     from ptplus_tune.tracking.target import client

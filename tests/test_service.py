@@ -237,6 +237,20 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args", [["--space", "default", "--dry-run"], ["--space", "nosuch"],
+                                  ["--space", "default", "--num-samples", "0"]])
+def test_a_plan_or_a_bad_input_answers_without_loading_the_heavy_libraries(tmp_path, args):
+    """A dry run or a one-line error loads none of torch, transformers, peft, Ray, MLflow, Optuna (~10 s)."""
+    code = ("import sys; from ptplus_tune.cli import main; rc = main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'ray', 'mlflow', 'optuna', 'datasets') "
+            "if m in sys.modules)); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--storage-path", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == (0 if "--dry-run" in args else 2), proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tmp_path, tiny_trial):
     """A killed driver's saved state can name a checkpoint `num_to_keep` already deleted (seen in CI): the trial
     continues from the newer one in its folder (a non-final one before a final one, never an older leftover)

@@ -11,33 +11,11 @@ from torch import nn
 
 from ptplus_tune.adapter.architectures import LLAMA_FAMILY, SUPPORTED_MODEL_TYPES, model_type
 from ptplus_tune.adapter.config import CONFIG_NAME, PTPlusConfig
+from ptplus_tune.adapter.hyperparameters import check_hyperparameters, ptplus_config
 from ptplus_tune.adapter.model import PTPlusModel, get_ptplus_model
 from ptplus_tune.errors import PTPlusError
 
-METHODS = ("ptplus", "lora", "prefix_tuning")
-DEFAULTS: dict[str, Any] = {
-    "method": "ptplus", "feature_map": "elu", "memory": "slots", "prefix_length": 16, "feature_dim": None,
-    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-}
 _LORA_TARGETS = {**{kind: ["q_proj", "v_proj"] for kind in LLAMA_FAMILY}, "gpt2": ["c_attn"]}
-
-
-def check_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat hyperparameters with defaults filled in; a clear error for a bad method or adapter setting, before
-    any model is loaded."""
-    hp = {**DEFAULTS, **{k: v for k, v in hyperparameters.items() if v is not None}}
-    if hp["method"] not in METHODS:
-        raise PTPlusError(f"unknown method {hp['method']!r}; choose one of: {', '.join(METHODS)}")
-    if hp["method"] == "ptplus":
-        ptplus_config(hp)
-    elif isinstance(hp["prefix_length"], bool) or not isinstance(hp["prefix_length"], int) or hp["prefix_length"] < 1:
-        raise PTPlusError(f"prefix_length must be an integer >= 1, got {hp['prefix_length']!r}")
-    return hp
-
-
-def ptplus_config(hp: Mapping[str, Any]) -> PTPlusConfig:
-    return PTPlusConfig(feature_map=hp["feature_map"], memory=hp["memory"], prefix_length=hp["prefix_length"],
-                        feature_dim=hp["feature_dim"])
 
 
 def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Module:

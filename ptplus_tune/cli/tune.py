@@ -173,7 +173,7 @@ def check_inputs(spec) -> None:
 def _tracked(action, uri: str, name: str, storage_path: str):
     """The study's last MLflow writes; if the server went away, one line on how to log them once it is back
     (`--resume` of a finished study runs nothing and logs everything again)."""
-    from ptplus_tune.service.study import resume_command
+    from ptplus_tune.service.storage import resume_command
 
     try:
         return action()
@@ -184,16 +184,10 @@ def _tracked(action, uri: str, name: str, storage_path: str):
 
 
 def cmd_tune(args) -> int:
-    from ptplus_tune.cli import display
-    from ptplus_tune.service import check_gpus, concurrency, connect, run_study
-    from ptplus_tune.service.pack_host import auto_pack
-    from ptplus_tune.service.disk import check_room, describe, free_bytes
-    from ptplus_tune.service.interrupt import LOW_DISK, exit_code
-    from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
-    from ptplus_tune.service.storage import StudyDir
-    from ptplus_tune.service.study import check_new, optuna_storage_of, resume_command, saved_spec, saved_tracking_uri
+    # Checking the space and printing the plan need none of torch, transformers, Ray or MLflow: those load after.
+    from ptplus_tune.service.storage import (StudyDir, check_new, optuna_storage_of, resume_command, saved_spec,
+                                             saved_tracking_uri)
     from ptplus_tune.spaces import load_space, validate
-    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, interrupt_study, open_study
 
     if args.resume:
         name = args.resume
@@ -214,6 +208,14 @@ def cmd_tune(args) -> int:
         if gpu_auto_pack:
             print("# --pack auto: trials per GPU are chosen at start from a GPU's free memory (pack above is 1)")
         return 0
+
+    from ptplus_tune.cli import display
+    from ptplus_tune.service import check_gpus, concurrency, connect, run_study
+    from ptplus_tune.service.disk import check_room, describe, free_bytes
+    from ptplus_tune.service.interrupt import LOW_DISK, exit_code
+    from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
+    from ptplus_tune.service.pack_host import auto_pack
+    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, interrupt_study, open_study
 
     check_inputs(spec)
     if path.local is not None:

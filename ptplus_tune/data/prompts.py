@@ -7,10 +7,12 @@ boundary. The text is truncated (never the template or the target) to fit `max_l
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ptplus_tune.errors import PTPlusError
+
+if TYPE_CHECKING:  # torch loads with the first batch: a space's defaults (below) are read without it
+    import torch
 
 DEFAULT_PROMPT = "Classify the topic of this news article.\nArticle: {text}\nTopic:"
 DEFAULT_TARGET = " {label}"
@@ -65,6 +67,8 @@ class PromptEncoder:
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; labels hold the target tokens only (the loss ignores prompt and padding)."""
+    import torch
+
     width = max(len(it.input_ids) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
@@ -79,6 +83,8 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 def pad_batches(batches: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batches (from `collate`) stacked into one, padded to the widest."""
+    import torch
+
     width = max(b["input_ids"].shape[1] for b in batches)
     fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
     keys = [k for k in fill if all(k in b for b in batches)]

@@ -11,19 +11,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
 from ptplus_tune.errors import PTPlusError
 
 log = logging.getLogger(__name__)
-OPTUNA_DB = "optuna.db"
 STORAGE_ENV = "PTPLUS_OPTUNA_STORAGE"
-
-
-def local_storage(study_path: Path) -> str:
-    return f"sqlite:///{study_path / OPTUNA_DB}"
 
 
 def display_url(url: str) -> str:

@@ -12,9 +12,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from ptplus_tune.errors import PTPlusError
+
 SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
 TRACKING_FILE = "tracking_uri"  # where its runs are, so that --resume writes to them again
 OPTUNA_FILE = "optuna_storage"  # where its Optuna trials are (service.optuna_store), likewise
+OPTUNA_DB = "optuna.db"  # a local study's own Optuna storage (sqlite), when no database was given
 
 
 def is_uri(storage_path: str) -> bool:
@@ -66,3 +69,50 @@ class StudyDir:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, self.local / file)
+
+
+def local_storage(study_path: Path) -> str:
+    return f"sqlite:///{study_path / OPTUNA_DB}"
+
+
+def resume_command(name: str, storage_path: str) -> str:
+    return f"ptplus-tune --resume {name} --storage-path {StudyDir(storage_path, name).storage}"
+
+
+def check_new(storage_path: str, name: str) -> StudyDir:
+    folder = StudyDir(storage_path, name)
+    if folder.exists():
+        raise PTPlusError(f"a study named {name!r} already exists in {folder.storage}; continue it with --resume "
+                          f"{name} or choose another --name")
+    return folder
+
+
+def saved_spec(storage_path: str, name: str):
+    import yaml
+
+    from ptplus_tune.spaces import parse_space
+
+    folder = StudyDir(storage_path, name)
+    text = folder.read(SPEC_FILE)
+    if text is None:
+        raise PTPlusError(f"there is no study {name!r} to resume under {folder.storage} (see --storage-path)")
+    return parse_space(yaml.safe_load(text), source=f"{folder}/{SPEC_FILE}", default_name=name)
+
+
+def saved_tracking_uri(storage_path: str, name: str) -> str | None:
+    text = StudyDir(storage_path, name).read(TRACKING_FILE)
+    return text.strip() if text else None
+
+
+def optuna_storage_of(storage_path: str, name: str, given: str | None = None) -> str:
+    """A study's Optuna storage: the one it was started with (resumed), else `given`, else its own sqlite file."""
+    folder = StudyDir(storage_path, name)
+    saved = folder.read(OPTUNA_FILE)
+    if saved:
+        return saved.strip()
+    if given:
+        return given
+    if folder.local is None:
+        raise PTPlusError(f"a study on {folder.storage} needs --optuna-storage (a database URL, e.g. "
+                          f"postgresql+psycopg2://user@host:5432/optuna): its Optuna study cannot live there as sqlite")
+    return local_storage(folder.local)

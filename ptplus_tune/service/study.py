@@ -13,8 +13,9 @@ from typing import Any, Callable, Sequence
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.disk import DiskGuard
 from ptplus_tune.service.interrupt import Interruption
-from ptplus_tune.service.optuna_store import StudySearch, local_storage, open_storage
-from ptplus_tune.service.storage import OPTUNA_FILE, SPEC_FILE, TRACKING_FILE, StudyDir
+from ptplus_tune.service.optuna_store import StudySearch, open_storage
+from ptplus_tune.service.storage import (OPTUNA_FILE, SPEC_FILE, TRACKING_FILE, StudyDir, check_new, local_storage,
+                                        optuna_storage_of, resume_command)
 from ptplus_tune.spaces import StudySpec, define_by_run
 
 log = logging.getLogger(__name__)
@@ -66,49 +67,6 @@ def stop_reason_of(result: dict, max_steps: int) -> str | None:
     if status_of(result.get("step", 0), max_steps) != "early_stopped":
         return None
     return result.get("stop_reason") or "asha"
-
-
-def resume_command(name: str, storage_path: str) -> str:
-    return f"ptplus-tune --resume {name} --storage-path {StudyDir(storage_path, name).storage}"
-
-
-def check_new(storage_path: str, name: str) -> StudyDir:
-    folder = StudyDir(storage_path, name)
-    if folder.exists():
-        raise PTPlusError(f"a study named {name!r} already exists in {folder.storage}; continue it with --resume "
-                          f"{name} or choose another --name")
-    return folder
-
-
-def saved_spec(storage_path: str, name: str) -> StudySpec:
-    import yaml
-
-    from ptplus_tune.spaces import parse_space
-
-    folder = StudyDir(storage_path, name)
-    text = folder.read(SPEC_FILE)
-    if text is None:
-        raise PTPlusError(f"there is no study {name!r} to resume under {folder.storage} (see --storage-path)")
-    return parse_space(yaml.safe_load(text), source=f"{folder}/{SPEC_FILE}", default_name=name)
-
-
-def saved_tracking_uri(storage_path: str, name: str) -> str | None:
-    text = StudyDir(storage_path, name).read(TRACKING_FILE)
-    return text.strip() if text else None
-
-
-def optuna_storage_of(storage_path: str, name: str, given: str | None = None) -> str:
-    """A study's Optuna storage: the one it was started with (resumed), else `given`, else its own sqlite file."""
-    folder = StudyDir(storage_path, name)
-    saved = folder.read(OPTUNA_FILE)
-    if saved:
-        return saved.strip()
-    if given:
-        return given
-    if folder.local is None:
-        raise PTPlusError(f"a study on {folder.storage} needs --optuna-storage (a database URL, e.g. "
-                          f"postgresql+psycopg2://user@host:5432/optuna): its Optuna study cannot live there as sqlite")
-    return local_storage(folder.local)
 
 
 def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage: str | None = None):

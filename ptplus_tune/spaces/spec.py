@@ -18,8 +18,7 @@ import yaml
 
 from ptplus_tune.adapter import FEATURE_MAPS, MEMORIES, METHODS
 from ptplus_tune.errors import PTPlusError
-from ptplus_tune.trial import TrialConfig
-from ptplus_tune.trial.config import read_yaml
+from ptplus_tune.trial.config import TrialConfig, read_yaml
 
 PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_loss", "train_loss")

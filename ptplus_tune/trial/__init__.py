@@ -1,10 +1,11 @@
 """One training run of one configuration: train, evaluate, checkpoint, report. No Ray, no MLflow."""
 
-from ptplus_tune.trial.config import HYPERPARAMETERS, TrialConfig
-from ptplus_tune.trial.evaluate import evaluate, score_labels
-from ptplus_tune.trial.predict import Predictor
-from ptplus_tune.trial.host import ModelHost, shared_host
-from ptplus_tune.trial.train import TrialResult, TrialSession, run_trial, save_adapter
+from ptplus_tune.lazy import lazy_exports
 
+__getattr__ = lazy_exports(__name__, {
+    "HYPERPARAMETERS": ".config", "TrialConfig": ".config", "evaluate": ".evaluate", "score_labels": ".evaluate",
+    "Predictor": ".predict", "ModelHost": ".host", "shared_host": ".host", "TrialResult": ".train",
+    "TrialSession": ".train", "run_trial": ".train", "save_adapter": ".train",
+})
 __all__ = ["HYPERPARAMETERS", "ModelHost", "Predictor", "TrialConfig", "TrialResult", "TrialSession", "evaluate",
            "run_trial", "save_adapter", "score_labels", "shared_host"]

@@ -9,8 +9,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from ptplus_tune.adapter.builder import check_hyperparameters
-from ptplus_tune.data import DEFAULT_PROMPT, DEFAULT_TARGET, EMBEDDED_DATASET
+from ptplus_tune.adapter.hyperparameters import check_hyperparameters
+from ptplus_tune.data.datasets import EMBEDDED_DATASET
+from ptplus_tune.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET
 from ptplus_tune.errors import PTPlusError
 
 HYPERPARAMETERS = (

@@ -22,7 +22,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 import torch
 
-from ptplus_tune.adapter.builder import check_hyperparameters, ptplus_config
+from ptplus_tune.adapter.hyperparameters import check_hyperparameters, ptplus_config
 from ptplus_tune.adapter.packed import PackedPTPlus
 from ptplus_tune.data.prompts import pad_batches
 from ptplus_tune.errors import PTPlusError
