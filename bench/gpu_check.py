@@ -11,8 +11,8 @@ Steps, each a subprocess with its own time limit:
 Every figure in the JSON was measured by this run; a step that failed or ran out of time says so.
 
     python bench/gpu_check.py                     # writes bench/data/gpu_check.json
-    python bench/gpu_check.py --cpu-smoke --out /tmp/smoke.json   # the same steps, tiny, on CPU: checks this
-                                                                  # script without a GPU (no GPU figures)
+    python bench/gpu_check.py --cpu-smoke   # the same steps, tiny, on CPU: checks this script without a GPU
+                                            # (no GPU figures; written to the temporary folder)
 """
 
 from __future__ import annotations
@@ -72,10 +72,14 @@ def study_figures(step: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "data" / "gpu_check.json"))
+    parser.add_argument("--out", help="where the figures go [bench/data/gpu_check.json; with --cpu-smoke "
+                        "gpu_check_cpu_smoke.json in the temporary folder, never beside the GPU figures]")
     parser.add_argument("--cpu-smoke", action="store_true", help="run every step on CPU with tiny budgets")
     args = parser.parse_args()
     smoke = args.cpu_smoke
+    if args.out is None:
+        args.out = str(Path(tempfile.gettempdir()) / "gpu_check_cpu_smoke.json" if smoke else
+                       ROOT / "bench" / "data" / "gpu_check.json")
     report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info(smoke), "steps": {}}
     out_path = Path(args.out)
 
