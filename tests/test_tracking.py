@@ -229,7 +229,7 @@ def test_tracking_commands_fail_in_one_line(tmp_path, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_path, tiny_trial):
+def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_path, tiny_trial, caplog):
     """A driver killed after a trial opened its run but before Tune saved that trial: the resumed study never knows
     it. Its run must not stay RUNNING or pass for a trial of the study."""
     from ptplus_tune.service.study import StudyResult, TrialSummary
@@ -248,7 +248,12 @@ def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_
             run.log_metrics({"step": 2, "eval_accuracy": 0.5, "eval_loss": 1.0})
     result = StudyResult("lost", str(tmp_path), "eval_accuracy", "max",
                          [TrialSummary("kept", config, {"step": 2, "eval_accuracy": 0.5}, "early_stopped", "asha")])
-    finish_study(target, result, spec)
+    with caplog.at_level("WARNING", logger="ptplus_tune.tracking.study_run"):
+        finish_study(target, result, spec)
+        # A finished study resumed (e.g. to log it again once MLflow is back) finishes again: said once, not twice.
+        finish_study(target, result, spec)
+    lost_lines = [r.getMessage() for r in caplog.records if "was lost" in r.getMessage()]
+    assert len(lost_lines) == 1 and lost_lines[0].startswith("trial lost-evaluated was lost with the killed driver")
 
     client = MlflowClient(uri)
     runs = {r.data.tags["ptplus.trial_id"]: r for r in study_runs(uri, "lost")}

@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ptplus_tune.errors import PTPlusError
+
+if TYPE_CHECKING:
+    from ptplus_tune.spaces import StudySpec
 
 SPEC_FILE = "study_space.yaml"  # the resolved space, saved with the study so that resuming needs nothing else
 TRACKING_FILE = "tracking_uri"  # where its runs are, so that --resume writes to them again
@@ -87,7 +91,7 @@ def check_new(storage_path: str, name: str) -> StudyDir:
     return folder
 
 
-def saved_spec(storage_path: str, name: str):
+def saved_spec(storage_path: str, name: str) -> StudySpec:
     import yaml
 
     from ptplus_tune.spaces import parse_space

@@ -122,7 +122,8 @@ def close_lost_runs(mlflow_client, target: Target, known: set[str]) -> None:
     killed): with an evaluation, ended FAILED like its Optuna trial and say why; with none, nothing worth keeping,
     deleted (MLflow keeps deleted runs restorable until `mlflow gc`)."""
     for run in child_runs(mlflow_client, target):
-        if run.data.tags.get(TRIAL_ID) in known:
+        # (a lost run closed by an earlier finish: `--resume` of a finished study finishes it again)
+        if run.data.tags.get(TRIAL_ID) in known or run.data.tags.get(NOTE) == LOST_NOTE:
             continue
         if "step" not in run.data.metrics:
             mlflow_client.delete_run(run.info.run_id)
