@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from tests.ray_env import kill_ray_under, processes_under, ray_env
 from tests.studies import run_cli, study_runs, space_file, trial_results
 
-STEPS, EVERY = 2000, 100  # long enough that trials are mid-run when the signal lands
+STEPS, EVERY = 1000, 100  # long enough (~30 s here) that trials are mid-run when the signal lands
 
 
 def _start(tmp_path, tiny_trial, tracking_server, name):

@@ -59,7 +59,7 @@ def test_a_packed_study_trains_ptplus_trials_on_one_base_model_beside_unpacked_b
 
 def test_a_host_killed_mid_step_fails_only_its_trials_which_resume_from_their_checkpoints(
         tmp_path, tiny_trial, tracking_server):
-    steps, every = 2000, 100
+    steps, every = 1000, 100  # the host is killed at step ~100, ~30 s before the end here
     space = space_file(tmp_path, tiny_trial, max_steps=steps, eval_every=every, num_samples=2, max_concurrent=2,
                        resources={"cpus": 2, "gpus": 0, "pack": 2}, scheduler={"type": "none"})
     study = tmp_path / "results" / "pkill"

@@ -251,6 +251,18 @@ def test_a_plan_or_a_bad_input_answers_without_loading_the_heavy_libraries(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_checking_a_studys_model_and_data_loads_neither_transformers_nor_peft(tmp_path, tiny_trial):
+    """The driver checks every trial's model and data before Ray starts; that needs no training stack (transformers
+    and peft cost ~4 s of every study's start here, and only the trial workers use them)."""
+    code = ("import sys; from ptplus_tune.cli.tune import check_inputs; from ptplus_tune.spaces import load_space; "
+            "check_inputs(load_space(sys.argv[1])); print(sorted(m for m in ('transformers', 'peft') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, space_file(tmp_path, tiny_trial)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "[]"
+
+
 def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tmp_path, tiny_trial):
     """A killed driver's saved state can name a checkpoint `num_to_keep` already deleted (seen in CI): the trial
     continues from the newer one in its folder (a non-final one before a final one, never an older leftover)

@@ -73,7 +73,10 @@ def test_every_trial_has_one_complete_run(first_study, tracking_server):
         statuses.add(expected)
         assert run.info.status == "FINISHED"
         assert run.data.params["learning_rate"] == str(rows[0]["config"]["learning_rate"])
-        assert run.data.tags["ptplus.model_uri"].startswith("models:/")  # every trial's adapter, stopped ones too
+        model_uri = run.data.tags["ptplus.model_uri"]
+        assert model_uri.startswith("models:/")  # every trial's adapter, stopped ones too
+        # ... filed under the study's experiment (its Models tab), also those the driver logs for stopped trials
+        assert client.get_logged_model(model_uri.removeprefix("models:/")).experiment_id == run.info.experiment_id
     assert statuses == {"completed", "early_stopped"}
 
 
@@ -175,7 +178,8 @@ def test_a_logged_adapter_predicts_as_its_trial_evaluated(tmp_path, tiny_trial, 
     result = run_trial(TrialConfig.from_dict(config), report=keep)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    run = client.create_run(client.create_experiment("predict"))
+    # The artifacts beside the database: a sqlite store's default root is ./mlruns in the working directory.
+    run = client.create_run(client.create_experiment("predict", artifact_location=(tmp_path / "artifacts").as_uri()))
     model_uri = log_adapter(client, run.info.run_id, str(kept), 8)
     assert client.get_run(run.info.run_id).data.tags["ptplus.model_uri"] == model_uri
     model = mlflow.pyfunc.load_model(model_uri)
@@ -229,7 +233,8 @@ def test_tracking_commands_fail_in_one_line(tmp_path, args, message):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_path, tiny_trial, caplog):
+def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_path, tiny_trial, caplog,
+                                                                             monkeypatch):
     """A driver killed after a trial opened its run but before Tune saved that trial: the resumed study never knows
     it. Its run must not stay RUNNING or pass for a trial of the study."""
     from ptplus_tune.service.study import StudyResult, TrialSummary
@@ -237,6 +242,7 @@ def test_runs_of_trials_a_killed_driver_lost_are_closed_when_the_study_ends(tmp_
     from ptplus_tune.tracking import finish_study, open_study
     from ptplus_tune.tracking.trial_run import TrialRun
 
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps its artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = load_space(space_file(tmp_path, tiny_trial))
     target = open_study(uri, spec, "lost", resume=False)

@@ -162,7 +162,7 @@ def check_inputs(spec) -> None:
     starts, not a failure per trial."""
     from ptplus_tune.data.models import resolve_model
     from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     config = TrialConfig.from_dict(spec.trial, where=spec.source)
     if config.model is not None:

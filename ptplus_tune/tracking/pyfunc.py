@@ -57,6 +57,8 @@ def _requirements() -> list[str]:
 def log_adapter(mlflow_client, run_id: str, checkpoint_dir: str, step: int) -> str:
     """Log the adapter in a trial checkpoint folder to `run_id` as a pyfunc model; tag the run with its URI."""
     folder = Path(checkpoint_dir)
+    # MLflow files a new logged model under the active experiment (the Default one if none is set), not its run's.
+    mlflow.set_experiment(experiment_id=mlflow_client.get_run(run_id).info.experiment_id)
     with warnings.catch_warnings():  # an input example would make MLflow load the base model just to try it
         warnings.filterwarnings("ignore", message=".*An input example was not provided")
         info = Model.log(

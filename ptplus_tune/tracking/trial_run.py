@@ -18,9 +18,7 @@ class TrialRun:
     def __init__(self, target: Target, trial_id: str, params: dict[str, Any]):
         import mlflow
 
-        # Process-wide settings for mlflow's model logging (this process is the trial's worker).
-        mlflow.set_tracking_uri(target.uri)
-        mlflow.set_experiment(experiment_id=target.experiment_id)
+        mlflow.set_tracking_uri(target.uri)  # process-wide, for mlflow's model logging (this is the trial's worker)
         self.target, self.trial_id = target, trial_id
         self.client = client(target.uri)
         run = trial_run(self.client, target, trial_id, params)
