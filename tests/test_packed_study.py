@@ -136,6 +136,40 @@ def test_a_cpu_host_trains_with_its_nodes_cpus_and_a_dead_host_is_replaced(tiny_
         ray.shutdown()
 
 
+def test_a_packed_trials_own_process_loads_no_model_stack(tmp_path, tiny_trial, monkeypatch):
+    """A packed trial's process only forwards to its host, which holds the model: it imports neither torch nor
+    transformers (~350 MB and seconds per process here), so K packed trials cost one model process and K light ones."""
+    import ray
+
+    from ptplus_tune.service.cluster import NAMESPACE
+    from ptplus_tune.service.pack_host import remove_hosts
+    from ptplus_tune.service.trainable import make_trainable
+    from ptplus_tune.spaces import load_space
+
+    for key, value in ray_env().items():
+        monkeypatch.setenv(key, value)
+    spec = load_space(space_file(tmp_path, tiny_trial, resources={"cpus": 1, "gpus": 0, "pack": 2}))
+
+    @ray.remote(num_cpus=0)
+    def packed_trial():  # a packed trial's Tune trainable, in a process of its own
+        trainable = make_trainable(spec, study_path=str(tmp_path), study="light")(
+            config={"feature_map": "elu", "prefix_length": 4, "learning_rate": 0.01})
+        try:
+            result = trainable.train()
+        finally:
+            trainable.stop()
+        return result["step"], result["pack_trials"], sorted(m for m in ("torch", "transformers") if m in sys.modules)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    try:
+        step, pack_trials, loaded = ray.get(packed_trial.remote())
+        remove_hosts("light")
+    finally:
+        ray.shutdown()
+    assert (step, pack_trials) == (2, 1)  # it trained to its first evaluation, in the host
+    assert loaded == []
+
+
 class SeenHosts(tune.Callback):
     """The pack hosts alive whenever a trial reports (the driver's view of the named actors)."""
 

@@ -31,19 +31,21 @@ MAX_CALLS = 256  # concurrent calls a host accepts: one blocked `advance` per at
 
 
 class PackHost:
-    def __init__(self, threads: int, rows_per_pass: int | None, board: str | None, gpu: str | None,
-                 concurrent_passes: int = 1):
+    """`threads`: the CPU threads it trains with; `gpu`: the GPU it trains on (None: CPU). How it runs a packed step
+    on that device: `ptplus_tune.trial.pack.host_passes`."""
+
+    def __init__(self, threads: int, board: str | None, gpu: str | None):
         if gpu is not None:  # before torch touches CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         import torch
 
         from ptplus_tune.service.progress import BoardLink
         from ptplus_tune.trial import ModelHost
-        from ptplus_tune.trial.pack import TrialPack
+        from ptplus_tune.trial.pack import TrialPack, host_passes
 
         self.threads = threads
         torch.set_num_threads(threads)
-        self.trial_pack = TrialPack(ModelHost(), rows_per_pass, concurrent_passes)
+        self.trial_pack = TrialPack(ModelHost(), *host_passes(gpu is not None, threads))
         self.board = BoardLink(board)
         self._pack_lock = threading.Lock()  # held by a packed step, and by anything else that touches the pack
         self._state = threading.Condition()  # who waits, what came back
@@ -166,23 +168,20 @@ def node_cpus(node_id: str) -> int | None:
 def open_host(study: str, threads: int, board: str | None):
     """The host of this worker's node and GPU, created on first use (pinned to this node). On a GPU it uses
     `threads` CPU threads and one forward/backward pass per packed step; on CPU it is the node's one training
-    process, so it uses the node's CPUs (host_passes, TrialPack)."""
+    process, so it uses the node's CPUs. The calling trial's process stays light: no torch, no model."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from ptplus_tune.trial.pack import host_passes
 
     node_id = ray.get_runtime_context().get_node_id()
     gpus = ray.get_gpu_ids()
     gpu = str(gpus[0]) if gpus else None
     if gpu is None:
         threads = node_cpus(node_id) or threads
-    rows_per_pass, concurrent_passes = host_passes(gpu is not None, threads)
     name = host_name(study, node_id, gpu)
     for _ in range(60):
         actor = ray.remote(PackHost).options(
             name=name, get_if_exists=True, lifetime="detached", num_cpus=0, max_concurrency=MAX_CALLS,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(threads, rows_per_pass, board, gpu, concurrent_passes)
+        ).remote(threads, board, gpu)
         try:
             ray.get(actor.ping.remote())
             return actor, name

@@ -54,7 +54,7 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             self._begin(config)
 
         def _begin(self, config: dict[str, Any]) -> None:
-            from ptplus_tune.trial import TrialConfig, TrialSession, shared_host
+            from ptplus_tune.trial import TrialConfig
 
             started = time.perf_counter()
             self.trial_config = TrialConfig.from_dict({**fixed, **config, "num_threads": threads})
@@ -75,7 +75,9 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
                     from ptplus_tune.tracking.target import PACK_ID
 
                     self._track(lambda: self.run.set_tags({PACK_ID: pack_id}))
-            else:
+            else:  # only an unpacked trial's own process loads torch, transformers and the model
+                from ptplus_tune.trial import TrialSession, shared_host
+
                 self.session = TrialSession(self.trial_config, host=shared_host(), progress=self._progress,
                                             on_log=self._on_log)
             self.setup_s = time.perf_counter() - started  # config, MLflow run, adapter: a warm worker's is short
@@ -162,15 +164,16 @@ def newest_checkpoint(saved, max_steps: int):
     (and the old one dropped) but before Tune saved its state again. The trial's own folder then holds that newer
     checkpoint, whose reports were already made: continue from it rather than fail the trial. A final checkpoint
     (nothing left to train) is taken only when there is no other: the trial then reports its end again."""
-    import torch
     from pyarrow.fs import FileSelector, FileType
-    from ray.tune import Checkpoint
-
-    from ptplus_tune.trial.checkpoint import STATE_FILE
 
     checkpoint = getattr(saved, "checkpoint", None)
     if checkpoint is None or checkpoint.filesystem.get_file_info(checkpoint.path).type != FileType.NotFound:
         return saved
+    import torch
+    from ray.tune import Checkpoint
+
+    from ptplus_tune.trial.checkpoint import STATE_FILE
+
     fs, (trial_dir, _, lost) = checkpoint.filesystem, checkpoint.path.rstrip("/").rpartition("/")
     found = fs.get_file_info(FileSelector(trial_dir, allow_not_found=True))
     newer = [i for i in found if i.type == FileType.Directory and i.base_name.startswith("checkpoint_")
