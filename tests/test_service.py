@@ -251,12 +251,12 @@ def test_a_plan_or_a_bad_input_answers_without_loading_the_heavy_libraries(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_checking_a_studys_model_and_data_loads_neither_transformers_nor_peft(tmp_path, tiny_trial):
-    """The driver checks every trial's model and data before Ray starts; that needs no training stack (transformers
-    and peft cost ~4 s of every study's start here, and only the trial workers use them)."""
+def test_checking_a_studys_model_and_data_loads_no_training_stack(tmp_path, tiny_trial):
+    """The driver checks every trial's model and data before Ray starts, and its tracking code reads checkpoint
+    folders; neither needs torch, transformers or peft (~5 s of every study's start here; the trials load them)."""
     code = ("import sys; from ptplus_tune.cli.tune import check_inputs; from ptplus_tune.spaces import load_space; "
-            "check_inputs(load_space(sys.argv[1])); print(sorted(m for m in ('transformers', 'peft') "
-            "if m in sys.modules))")
+            "import ptplus_tune.tracking.pyfunc; check_inputs(load_space(sys.argv[1])); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, space_file(tmp_path, tiny_trial)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -272,7 +272,7 @@ def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tm
     from ray.tune import Checkpoint
 
     from ptplus_tune.service.trainable import newest_checkpoint
-    from ptplus_tune.trial.checkpoint import STATE_FILE
+    from ptplus_tune.trial.layout import STATE_FILE
 
     trial_dir = tmp_path / "trial"
     for index, step in ((1, 2), (4, 8), (5, 10), (6, 12)):

@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from ptplus_tune.trial import TrialConfig, run_trial, save_adapter
-    from ptplus_tune.trial.checkpoint import TASK_FILE
+    from ptplus_tune.trial.layout import TASK_FILE
     from ptplus_tune.trial.config import read_yaml_mapping
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)

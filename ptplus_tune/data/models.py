@@ -9,11 +9,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
 
 from ptplus_tune.errors import PTPlusError
+
+if TYPE_CHECKING:  # torch loads with a model: a study's driver checks model paths and names without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ def embedded_model_dir() -> Path:
             return target
         gguf = embedded_gguf_path()
         log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -86,10 +90,13 @@ def resolve_model(name: str | None) -> tuple[str, str | None]:
     return name, None  # a hub id
 
 
-def load_base_model(name: str | None, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) in eval mode, on `device`; the tokenizer always has a pad token."""
+def load_base_model(name: str | None, device: str = "cpu", dtype: torch.dtype | None = None):
+    """(model, tokenizer) in eval mode, on `device`, in `dtype` (default float32); the tokenizer always has a pad
+    token."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = dtype or torch.float32
     source, gguf_file = resolve_model(name)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:

@@ -172,7 +172,7 @@ def newest_checkpoint(saved, max_steps: int):
     import torch
     from ray.tune import Checkpoint
 
-    from ptplus_tune.trial.checkpoint import STATE_FILE
+    from ptplus_tune.trial.layout import STATE_FILE
 
     fs, (trial_dir, _, lost) = checkpoint.filesystem, checkpoint.path.rstrip("/").rpartition("/")
     found = fs.get_file_info(FileSelector(trial_dir, allow_not_found=True))

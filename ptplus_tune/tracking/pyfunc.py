@@ -12,7 +12,7 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from ptplus_tune.trial.checkpoint import ADAPTER_DIR, TASK_FILE
+from ptplus_tune.trial.layout import ADAPTER_DIR, TASK_FILE
 from ptplus_tune.tracking.target import MODEL_URI
 
 MODEL_NAME = "adapter"

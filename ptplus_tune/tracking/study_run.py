@@ -15,7 +15,7 @@ from typing import Any
 from ptplus_tune.data import EMBEDDED_DATASET
 from ptplus_tune.data.identity import dataset_identity, model_identity
 from ptplus_tune.errors import PTPlusError
-from ptplus_tune.trial.checkpoint import ADAPTER_DIR
+from ptplus_tune.trial.layout import ADAPTER_DIR
 from ptplus_tune.tracking.target import (MODEL_URI, REGISTERED_MODEL, SPACE_SHA256, STATUS, STOP_REASON, STUDY,
                                          TRIAL_ID, Target, check_reachable, child_runs, client, trial_run)
 

@@ -14,11 +14,7 @@ import numpy as np
 import torch
 
 from ptplus_tune.errors import PTPlusError
-
-STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "trial_config.json"
-ADAPTER_DIR = "adapter"
-TASK_FILE = "task.json"  # what using the adapter needs besides its weights: base model, labels, prompt (see Predictor)
+from ptplus_tune.trial.layout import ADAPTER_DIR, CONFIG_FILE, STATE_FILE, TASK_FILE
 
 
 def rng_state() -> dict[str, Any]:

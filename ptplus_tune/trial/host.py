@@ -6,11 +6,12 @@ off again when it ends (`release`), so the next trial starts from the untouched 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ptplus_tune.data import Splits, load_labelled, make_splits
 
-from ptplus_tune.data import Splits, load_base_model, load_labelled, make_splits
+if TYPE_CHECKING:  # a study's driver checks its data with load_splits: no torch there
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class ModelHost:
 
     def base(self, name: str | None, device: torch.device, dtype: torch.dtype):
         """(model, tokenizer), loaded on first use. One base model is kept per process: a study uses one."""
+        from ptplus_tune.data import load_base_model
+
         key = (name, str(device), str(dtype))
         if key not in self._models:
             self._models.clear()  # another base model: let the old one go rather than hold two
