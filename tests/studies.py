@@ -43,6 +43,17 @@ def trial_results(study_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
+def check_resumed(rows: list[dict], last_step: int, first_step: int) -> None:
+    """A trial retried after a failure finished and resumed from a checkpoint (was not restarted from step 0), as
+    its Tune result.json shows. That file can lose the rows from before the retry: Tune copies the study's copy of it
+    back over the driver's on the retry while its background sync may be rewriting that copy. So no exact step list
+    here: exactly-once is checked on MLflow's record."""
+    reported = [r["step"] for r in rows]
+    assert reported[-1] == last_step and len(set(reported)) == len(reported), reported
+    resumed = [r["step"] for r in rows if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
+    assert len(resumed) == 1 and resumed[0] > first_step, reported
+
+
 def run_cli(args, env, **kwargs):
     return subprocess.run([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, capture_output=True, text=True,
                           timeout=900, **kwargs)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from tests.ray_env import kill_ray_under, ray_env, ray_workers
-from tests.studies import MAX_STEPS, run_cli, space_file, study_runs, trial_results
+from tests.studies import MAX_STEPS, check_resumed, run_cli, space_file, study_runs, trial_results
 
 MIXED = {
     "method": {"type": "categorical", "choices": ["ptplus", "lora"]},
@@ -92,10 +92,8 @@ def test_a_host_killed_mid_step_fails_only_its_trials_which_resume_from_their_ch
     client = MlflowClient(tracking_server)
     runs = study_runs(tracking_server, "pkill")
     assert len(runs) == 2
-    for trial_id, rows in trial_results(study).items():
-        reported = [r["step"] for r in rows]
-        assert reported[-1] == steps and reported.count(every) == 1, reported  # resumed, not restarted
-        assert sorted(set(reported)) == list(range(every, steps + 1, every))
+    for rows in trial_results(study).values():
+        check_resumed(rows, steps, every)
     for run in runs:
         assert run.data.tags["ptplus.status"] == "completed" and run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "eval_accuracy")
@@ -136,38 +134,74 @@ def test_a_cpu_host_trains_with_its_nodes_cpus_and_a_dead_host_is_replaced(tiny_
         ray.shutdown()
 
 
-def test_a_packed_trials_own_process_loads_no_model_stack(tmp_path, tiny_trial, monkeypatch):
-    """A packed trial's process only forwards to its host, which holds the model: it imports neither torch nor
-    transformers (~350 MB and seconds per process here), so K packed trials cost one model process and K light ones."""
+PACKED_CONFIG = {"feature_map": "elu", "prefix_length": 4, "learning_rate": 0.01}
+
+
+def in_a_ray_worker(task, study: str, monkeypatch):
+    """`task()`'s result, run in a worker process of a fresh local Ray (as a trial's actor runs); the pack hosts it
+    opened for `study` are removed after."""
     import ray
 
     from ptplus_tune.service.cluster import NAMESPACE
     from ptplus_tune.service.pack_host import remove_hosts
-    from ptplus_tune.service.trainable import make_trainable
-    from ptplus_tune.spaces import load_space
 
     for key, value in ray_env().items():
         monkeypatch.setenv(key, value)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
+    try:
+        out = ray.get(ray.remote(num_cpus=0)(task).remote())
+        remove_hosts(study)
+    finally:
+        ray.shutdown()
+    return out
+
+
+def test_a_packed_trials_own_process_loads_no_model_stack(tmp_path, tiny_trial, monkeypatch):
+    """A packed trial's process only forwards to its host, which holds the model: it imports neither torch nor
+    transformers (~350 MB and seconds per process here), so K packed trials cost one model process and K light ones."""
+    from ptplus_tune.service.trainable import make_trainable
+    from ptplus_tune.spaces import load_space
+
     spec = load_space(space_file(tmp_path, tiny_trial, resources={"cpus": 1, "gpus": 0, "pack": 2}))
 
-    @ray.remote(num_cpus=0)
     def packed_trial():  # a packed trial's Tune trainable, in a process of its own
-        trainable = make_trainable(spec, study_path=str(tmp_path), study="light")(
-            config={"feature_map": "elu", "prefix_length": 4, "learning_rate": 0.01})
+        trainable = make_trainable(spec, study_path=str(tmp_path), study="light")(config=dict(PACKED_CONFIG))
         try:
             result = trainable.train()
         finally:
             trainable.stop()
         return result["step"], result["pack_trials"], sorted(m for m in ("torch", "transformers") if m in sys.modules)
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE)
-    try:
-        step, pack_trials, loaded = ray.get(packed_trial.remote())
-        remove_hosts("light")
-    finally:
-        ray.shutdown()
+    step, pack_trials, loaded = in_a_ray_worker(packed_trial, "light", monkeypatch)
     assert (step, pack_trials) == (2, 1)  # it trained to its first evaluation, in the host
     assert loaded == []
+
+
+def test_an_actor_tune_drops_before_it_steps_leaves_its_trial_alone(tmp_path, tiny_trial, monkeypatch):
+    """Tune can start an actor for a pending trial and then hand the trial a cached actor instead; the unused actor
+    gets `setup` and then `stop`. It must leave the trial alone: its session in the PackHost, where the trial trains
+    on, and its scratch folder, where the other actor may be staging a checkpoint."""
+    from ptplus_tune.service.trainable import SCRATCH, make_trainable
+    from ptplus_tune.spaces import load_space
+
+    spec = load_space(space_file(tmp_path, tiny_trial, resources={"cpus": 1, "gpus": 0, "pack": 2}))
+
+    def trial_with_a_dropped_second_actor():  # both instances get the same trial id ("default": no Tune trial)
+        trial_class = make_trainable(spec, study_path=str(tmp_path), study="dropped")
+        trains = trial_class(config=dict(PACKED_CONFIG))
+        try:
+            first = trains.train()["step"]
+            staged = tmp_path / SCRATCH / trains.trial_id / "checkpoint"
+            staged.mkdir(parents=True)  # as if a save were staging there right now
+            dropped = trial_class(config=dict(PACKED_CONFIG))
+            dropped.stop()
+            return first, trains.train()["step"], staged.is_dir()
+        finally:
+            trains.stop()
+
+    first, then, staged_kept = in_a_ray_worker(trial_with_a_dropped_second_actor, "dropped", monkeypatch)
+    assert (first, then) == (2, 4)  # the trial trained on where it was
+    assert staged_kept
 
 
 class SeenHosts(tune.Callback):

@@ -51,14 +51,24 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
 
             self.node_id = ray.get_runtime_context().get_node_id()  # Tune's node_ip can't tell nodes on one host apart
             self._board = BoardLink(board)
-            self._begin(config)
+            self._assign(config)
 
-        def _begin(self, config: dict[str, Any]) -> None:
+        def _assign(self, config: dict[str, Any]) -> None:
+            """Take the trial's configuration; its session starts at its first step, restore or save (`_begin`).
+            Tune can start an actor for a trial and then give the trial a cached actor instead: the unused one only
+            sees `setup` and `stop`. Had it started the session, it would have opened the trial's MLflow run, taken
+            the trial's session in its PackHost and, on `stop`, removed that session and the trial's scratch folder
+            (a checkpoint being staged there included) from under the actor that trains the trial."""
             from ptplus_tune.trial import TrialConfig
 
-            started = time.perf_counter()
             self.trial_config = TrialConfig.from_dict({**fixed, **config, "num_threads": threads})
+            self.session = None
             self.run = None
+
+        def _begin(self) -> None:
+            if self.session is not None:
+                return
+            started = time.perf_counter()
             if tracking is not None:
                 from ptplus_tune.tracking.trial_run import TrialRun
 
@@ -102,6 +112,7 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
                 self._track(lambda: self.run.log_metrics(point, evaluation=False))
 
         def step(self) -> dict[str, Any]:
+            self._begin()
             # Done already: restored from its final checkpoint (see newest_checkpoint); report its end once more.
             metrics = self.session.report_again() if self.session.done else self.session.advance()
             if self.run is not None:
@@ -126,6 +137,7 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             # trial's scratch folder instead and drop it once Tune has persisted it to the study's storage.
             if checkpoint_dir is not None:
                 return super().save(checkpoint_dir)
+            self._begin()
             staging = self._scratch / "checkpoint"
             try:
                 return super().save(str(staging))
@@ -139,17 +151,19 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
             self.session.save(checkpoint_dir)
 
         def load_checkpoint(self, checkpoint_dir: str) -> None:
+            self._begin()
             self.session.restore(checkpoint_dir, final_ok=True)
             self._progress(self.session.step, self.trial_config.max_steps, force=True)
 
         def reset_config(self, new_config: dict[str, Any]) -> bool:
             self._end()
-            self._begin(new_config)
+            self._assign(new_config)
             return True
 
         def _end(self) -> None:
             if getattr(self, "session", None) is not None:
                 self.session.close()
+                self.session = None
                 shutil.rmtree(self._scratch, ignore_errors=True)
 
         def cleanup(self) -> None:
