@@ -43,15 +43,16 @@ def trial_results(study_dir: Path) -> dict[str, list[dict]]:
     return out
 
 
-def check_resumed(rows: list[dict], last_step: int, first_step: int) -> None:
-    """A trial retried after a failure finished and resumed from a checkpoint (was not restarted from step 0), as
-    its Tune result.json shows. That file can lose the rows from before the retry: Tune copies the study's copy of it
-    back over the driver's on the retry while its background sync may be rewriting that copy. So no exact step list
-    here: exactly-once is checked on MLflow's record."""
+def check_resumed(rows: list[dict], last_step: int, every: int) -> None:
+    """A trial retried after a failure resumed from a checkpoint (was not restarted from step 0) and finished, as its
+    Tune result.json shows. That file is no exact record around a retry: a report whose checkpoint was not persisted
+    yet comes again from the retry, and the rows from before the retry can be lost (on the retry Tune copies the
+    study's copy of the file back over the driver's while its background sync may be rewriting that copy). So no
+    exact step list here: exactly-once is checked on MLflow's record."""
     reported = [r["step"] for r in rows]
-    assert reported[-1] == last_step and len(set(reported)) == len(reported), reported
+    assert reported[-1] == last_step and set(reported) <= set(range(every, last_step + 1, every)), reported
     resumed = [r["step"] for r in rows if r["iterations_since_restore"] == 1 and r["training_iteration"] > 1]
-    assert len(resumed) == 1 and resumed[0] > first_step, reported
+    assert len(resumed) == 1 and resumed[0] > every, reported
 
 
 def run_cli(args, env, **kwargs):
