@@ -90,7 +90,7 @@ def make_trainable(spec: StudySpec, tracking=None, study_path: str | None = None
 
                 self.session = TrialSession(self.trial_config, host=shared_host(), progress=self._progress,
                                             on_log=self._on_log)
-            self.setup_s = time.perf_counter() - started  # config, MLflow run, adapter: a warm worker's is short
+            self.setup_s = time.perf_counter() - started  # MLflow run, session (adapter): a warm worker's is short
             self._progress(0, self.trial_config.max_steps)
 
         def _progress(self, step: int, max_steps: int, force: bool = False) -> None:
