@@ -21,6 +21,7 @@ demo: install
 	$(VENV)/bin/ptplus-tune --space default
 
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 bench: install

@@ -65,7 +65,7 @@ def main() -> int:
 
     from ptplus_tune.data import load_base_model
     from ptplus_tune.trial import TrialConfig, run_trial
-    from ptplus_tune.trial.train import pick_device
+    from ptplus_tune.trial.device import pick_device
 
     table = load(args.out)
     if table["settings"] != SETTINGS or table["grid"] != GRID:

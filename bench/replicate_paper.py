@@ -47,7 +47,7 @@ def score_on_test(trial, spec) -> float:
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.evaluate import evaluate
     from ptplus_tune.trial.predict import Predictor
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     config = TrialConfig.from_dict({**spec.trial, **trial.config})
     splits = load_splits(config)
@@ -62,7 +62,8 @@ def zero_shot_accuracy(spec) -> float:
     from ptplus_tune.data import PromptEncoder, load_base_model
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.evaluate import evaluate
-    from ptplus_tune.trial.train import load_splits, pick_device
+    from ptplus_tune.trial.device import pick_device
+    from ptplus_tune.trial.host import load_splits
 
     config = TrialConfig.from_dict(spec.trial)
     device, dtype = pick_device(config.device)
@@ -78,7 +79,9 @@ def step_times_ms(configs: dict[str, dict], spec, rounds: int) -> dict[str, floa
     from ptplus_tune.adapter import build_adapter
     from ptplus_tune.data import PromptEncoder, collate, load_base_model
     from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.train import DataOrder, load_splits, pick_device
+    from ptplus_tune.trial.device import pick_device
+    from ptplus_tune.trial.host import load_splits
+    from ptplus_tune.trial.train import DataOrder
 
     base_config = TrialConfig.from_dict(spec.trial)
     device, dtype = pick_device(base_config.device)

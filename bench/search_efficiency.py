@@ -171,7 +171,7 @@ def measured_eval_step_ratio(settings: dict) -> float:
 
 def validation_chance(settings: dict) -> float:
     from ptplus_tune.trial import TrialConfig, rules
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     return rules.majority_share(load_splits(TrialConfig.from_dict(settings)).validation)
 

@@ -51,7 +51,7 @@ def champion_test_accuracy(registered_model: str, spec) -> float:
     import pandas as pd
 
     from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     splits = load_splits(TrialConfig.from_dict(spec.trial))
     model = mlflow.pyfunc.load_model(f"models:/{registered_model}@champion")

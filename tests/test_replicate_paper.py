@@ -45,7 +45,7 @@ def _test_accuracy(tracking_uri, model_uri, tiny_trial, config) -> float:
     import pandas as pd
 
     from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     settings = {k: v for k, v in tiny_trial.items() if k != "num_threads"}
     splits = load_splits(TrialConfig.from_dict({**settings, **config}))

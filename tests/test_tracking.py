@@ -41,7 +41,7 @@ def _validation_accuracy(pyfunc_model, tiny_trial, config) -> float:
     import pandas as pd
 
     from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     settings = {k: v for k, v in tiny_trial.items() if k != "num_threads"}
     splits = load_splits(TrialConfig.from_dict({**settings, **config}))

@@ -141,7 +141,7 @@ def test_each_method_trains(tiny_trial, method):
     config = TrialConfig(**{**tiny_trial, "method": method, "max_steps": 24, "eval_every": 24, "eval_test": True})
     model, tokenizer = load_base_model(config.model)
     encoder = PromptEncoder(tokenizer, config.max_length, config.prompt_template)
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     splits = load_splits(config)
     before = evaluate(model, encoder, splits.validation, splits.labels, 16, "cpu")
@@ -189,7 +189,7 @@ def test_cli_train_writes_an_adapter_that_reproduces_its_metrics(tiny_trial, tmp
     config = TrialConfig(**tiny_trial)
     model, tokenizer = load_base_model(config.model)
     model = PTPlusModel.from_pretrained(model, tmp_path / "run" / "adapter")
-    from ptplus_tune.trial.train import load_splits
+    from ptplus_tune.trial.host import load_splits
 
     splits = load_splits(config)
     again = evaluate(model, PromptEncoder(tokenizer, config.max_length, config.prompt_template), splits.validation,

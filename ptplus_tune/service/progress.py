@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.tune import Callback
 
-from ptplus_tune.service.study import status_of, stop_reason_of
+from ptplus_tune.trial.outcome import COMPLETED, status_of, stop_reason_of
 
 log = logging.getLogger("ptplus_tune.progress")
 live_log = logging.getLogger("ptplus_tune.progress.live")
@@ -139,7 +139,7 @@ class StudyProgress(Callback):
         self.running.pop(trial.trial_id, None)
         last = trial.last_result or {}
         step = last.get("step", 0)
-        completed = status_of(step, self.max_steps) == "completed"
+        completed = status_of(step, self.max_steps) == COMPLETED
         (self.finished if completed else self.stopped_early).add(trial.trial_id)
         how = "finished" if completed else f"stopped early at step {step} ({stop_reason_of(last, self.max_steps)})"
         self._event(logging.INFO, "trial %s %s: %s=%s | %s", trial.trial_id, how, self.metric,

@@ -17,6 +17,7 @@ from ptplus_tune.service.optuna_store import StudySearch, open_storage
 from ptplus_tune.service.storage import (OPTUNA_FILE, SPEC_FILE, TRACKING_FILE, StudyDir, check_new, local_storage,
                                         optuna_storage_of, resume_command)
 from ptplus_tune.spaces import StudySpec, define_by_run
+from ptplus_tune.trial.outcome import status_of, stop_reason_of
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,6 @@ class StudyResult:
         """The trials that reported the metric, best first."""
         return sorted((t for t in self.trials if isinstance(t.metrics.get(self.metric), (int, float))),
                       key=lambda t: t.metrics[self.metric], reverse=self.mode == "max")
-
-
-def status_of(step: int, max_steps: int) -> str:
-    """How a trial that ended without error ended: it ran its budget out, or ASHA stopped it."""
-    return "completed" if step >= max_steps else "early_stopped"
-
-
-def stop_reason_of(result: dict, max_steps: int) -> str | None:
-    """Why a trial that ended short of its budget stopped: the dead-trial rule it reported, else ASHA."""
-    if status_of(result.get("step", 0), max_steps) != "early_stopped":
-        return None
-    return result.get("stop_reason") or "asha"
 
 
 def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage: str | None = None):

@@ -8,6 +8,7 @@ import logging
 from ray.tune import Callback
 
 from ptplus_tune.tracking.target import Target, client
+from ptplus_tune.trial.outcome import FAILED, status_of, stop_reason_of
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,8 @@ class TrackTrialStatus(Callback):
             self._down = True  # each try waits out MLflow's retries, which would stall Tune's loop
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from ptplus_tune.service.study import status_of, stop_reason_of
-
         last = trial.last_result or {}
         self._mark(trial, status_of(last.get("step", 0), self.max_steps), stop_reason_of(last, self.max_steps))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._mark(trial, "failed")
+        self._mark(trial, FAILED)

@@ -30,7 +30,8 @@ from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.evaluate import evaluate_each
 from ptplus_tune.trial.host import ModelHost
 from ptplus_tune.trial.loss import target_count, target_losses
-from ptplus_tune.trial.train import TrialResult, TrialSession, pick_device
+from ptplus_tune.trial.device import pick_device
+from ptplus_tune.trial.train import TrialResult, TrialSession
 
 # A CPU host's passes: 2 rows each (half a default micro-batch), one pass per CPU at once, each pass on one torch
 # thread. bench/packing.py, 2 cores, SmolLM2, K = 4 (bench/data/packing_v*): one pass of all 16 rows needs 2.19x one

@@ -17,6 +17,7 @@ from ptplus_tune.adapter import load_adapter
 from ptplus_tune.data import Example, PromptEncoder, load_base_model
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.config import TrialConfig
+from ptplus_tune.trial.device import pick_device
 from ptplus_tune.trial.evaluate import score_labels
 
 
@@ -38,8 +39,6 @@ class Predictor:
     @classmethod
     def from_files(cls, adapter_dir: str | os.PathLike, task_file: str | os.PathLike,
                    device: str = "auto") -> "Predictor":
-        from ptplus_tune.trial.train import pick_device
-
         if not Path(task_file).is_file():
             raise PTPlusError(f"{task_file} is missing: the adapter does not say which base model and labels it "
                               f"was trained with")

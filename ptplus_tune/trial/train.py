@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
-import resource
 import shutil
 import tempfile
 import time
@@ -18,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
@@ -28,6 +25,7 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import rules
 from ptplus_tune.trial.checkpoint import read_checkpoint, restore, save_state, write_checkpoint
 from ptplus_tune.trial.config import TrialConfig
+from ptplus_tune.trial.device import peak_memory_mb, pick_device, seed_everything
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
 from ptplus_tune.trial.host import load_splits, release
 from ptplus_tune.trial.loss import target_losses
@@ -43,22 +41,6 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)
     model: torch.nn.Module | None = None  # the trained adapter-wrapped model
     task: dict = field(default_factory=dict)  # base model, labels and prompt: see trial.predict
-
-
-def pick_device(requested: str) -> tuple[torch.device, torch.dtype]:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise PTPlusError("device=cuda was asked for, but torch sees no GPU")
-        return torch.device(requested), (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.device("cpu"), torch.float32
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class DataOrder:
@@ -78,12 +60,6 @@ class DataOrder:
     def batch(self, index: int) -> list[int]:
         positions = range(index * self.batch_size, (index + 1) * self.batch_size)
         return [self._perm(pos // self.size)[pos % self.size] for pos in positions]
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; whole process
 
 
 class TrialSession:
