@@ -46,8 +46,8 @@ def score_on_test(trial, spec) -> float:
     """The trial's adapter (from its last checkpoint) on the test split, scored exactly as evaluation does."""
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.evaluate import evaluate
-    from ptplus_tune.trial.predict import Predictor
     from ptplus_tune.trial.host import load_splits
+    from ptplus_tune.trial.predict import Predictor
 
     config = TrialConfig.from_dict({**spec.trial, **trial.config})
     splits = load_splits(config)
@@ -61,8 +61,8 @@ def score_on_test(trial, spec) -> float:
 def zero_shot_accuracy(spec) -> float:
     from ptplus_tune.data import PromptEncoder, load_base_model
     from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.evaluate import evaluate
     from ptplus_tune.trial.device import pick_device
+    from ptplus_tune.trial.evaluate import evaluate
     from ptplus_tune.trial.host import load_splits
 
     config = TrialConfig.from_dict(spec.trial)

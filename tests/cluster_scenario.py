@@ -7,8 +7,8 @@ an MLflow server as on the head (PostgreSQL backend), a Ray head and a second no
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile

@@ -8,7 +8,13 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
 from ptplus_tune.adapter import (
-    FEATURE_MAPS, MEMORIES, PTPlusConfig, PTPlusModel, build_adapter, count_trainable_parameters, get_ptplus_model,
+    FEATURE_MAPS,
+    MEMORIES,
+    PTPlusConfig,
+    PTPlusModel,
+    build_adapter,
+    count_trainable_parameters,
+    get_ptplus_model,
 )
 from ptplus_tune.errors import PTPlusError
 from tests.tiny_models import VOCAB, randomise_adapter, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3

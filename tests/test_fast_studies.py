@@ -9,7 +9,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from ptplus_tune.trial import TrialConfig, TrialSession, run_trial, rules
+from ptplus_tune.trial import TrialConfig, TrialSession, rules, run_trial
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import run_cli, space_file, study_runs, trial_results
 
@@ -198,6 +198,20 @@ def test_the_live_view_shows_the_study_and_each_running_trial():
     row = next(line for line in text.splitlines() if "def34" in line)
     for cell in ("23/60", "0.4123", "0.8500", "1m12s", "1m40s", "feature_map=elu"):
         assert cell in row
+
+
+def test_the_live_view_shows_a_dash_for_a_loss_not_logged_yet():
+    from rich.console import Console
+
+    from ptplus_tune.cli import display
+
+    state = {"metric": "eval_accuracy", "finished": 0, "running": 1, "stopped": 0, "failed": 0, "best": None,
+             "trials": [{"trial_id": "new01", "step": 1, "max_steps": 60, "train_loss": float("nan"),
+                         "eval": None, "elapsed": 3.0, "eta": None, "config": "feature_map=elu"}]}
+    console = Console(record=True, width=160)
+    console.print(display.render("study1", state))
+    row = next(line for line in console.export_text().splitlines() if "new01" in line)
+    assert "nan" not in row and row.split()[:4] == ["new01", "1/60", "-", "-"]
 
 
 def test_trials_on_one_host_give_exactly_what_fresh_processes_give(tiny_trial):

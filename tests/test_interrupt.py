@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.ray_env import kill_ray_under, processes_under, ray_env
-from tests.studies import run_cli, study_runs, space_file, trial_results
+from tests.studies import run_cli, space_file, study_runs, trial_results
 
 STEPS, EVERY = 1000, 100  # long enough (~30 s here) that trials are mid-run when the signal lands
 

@@ -138,7 +138,7 @@ def test_bf16_compute_keeps_the_adapters_and_their_gradients_in_fp32(make):
 def test_pack_auto_rule():
     from transformers import LlamaConfig
 
-    from ptplus_tune.service.pack_host import AUTO_MAX_PACK, pack_size, trial_bytes
+    from ptplus_tune.service.pack_size import AUTO_MAX_PACK, pack_size, trial_bytes
 
     smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30)
     per_trial = trial_bytes(smollm2, batch_size=4, max_length=96)

@@ -159,17 +159,18 @@ def in_a_ray_worker(task, study: str, monkeypatch):
 def test_a_packed_trials_own_process_loads_no_model_stack(tmp_path, tiny_trial, monkeypatch):
     """A packed trial's process only forwards to its host, which holds the model: it imports neither torch nor
     transformers (~350 MB and seconds per process here), so K packed trials cost one model process and K light ones."""
-    from ptplus_tune.service.trainable import make_trainable
+    from ptplus_tune.service.trainable import StudySettings, trainable
     from ptplus_tune.spaces import load_space
 
     spec = load_space(space_file(tmp_path, tiny_trial, resources={"cpus": 1, "gpus": 0, "pack": 2}))
 
     def packed_trial():  # a packed trial's Tune trainable, in a process of its own
-        trainable = make_trainable(spec, study_path=str(tmp_path), study="light")(config=dict(PACKED_CONFIG))
+        settings = StudySettings.of(spec, study_path=str(tmp_path), study="light")
+        packed = trainable(settings)(config=dict(PACKED_CONFIG))
         try:
-            result = trainable.train()
+            result = packed.train()
         finally:
-            trainable.stop()
+            packed.stop()
         return result["step"], result["pack_trials"], sorted(m for m in ("torch", "transformers") if m in sys.modules)
 
     step, pack_trials, loaded = in_a_ray_worker(packed_trial, "light", monkeypatch)
@@ -181,13 +182,13 @@ def test_an_actor_tune_drops_before_it_steps_leaves_its_trial_alone(tmp_path, ti
     """Tune can start an actor for a pending trial and then hand the trial a cached actor instead; the unused actor
     gets `setup` and then `stop`. It must leave the trial alone: its session in the PackHost, where the trial trains
     on, and its scratch folder, where the other actor may be staging a checkpoint."""
-    from ptplus_tune.service.trainable import SCRATCH, make_trainable
+    from ptplus_tune.service.trainable import SCRATCH, StudySettings, trainable
     from ptplus_tune.spaces import load_space
 
     spec = load_space(space_file(tmp_path, tiny_trial, resources={"cpus": 1, "gpus": 0, "pack": 2}))
 
     def trial_with_a_dropped_second_actor():  # both instances get the same trial id ("default": no Tune trial)
-        trial_class = make_trainable(spec, study_path=str(tmp_path), study="dropped")
+        trial_class = trainable(StudySettings.of(spec, study_path=str(tmp_path), study="dropped"))
         trains = trial_class(config=dict(PACKED_CONFIG))
         try:
             first = trains.train()["step"]

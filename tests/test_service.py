@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from mlflow import MlflowClient
@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from tests.postgres import loopback_url, postgres_database
 from tests.ray_env import kill_ray_under, ray_env, ray_workers
 from tests.studies import MAX_STEPS, check_resumed, run_cli, space_file, study_runs, trial_results
+
 
 def test_quick_study_end_to_end(tmp_path, tiny_trial):
     env = ray_env()
@@ -50,6 +51,13 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     assert (tmp_path / "mlflow.db").is_file()
     assert f"mlflow ui: ptplus-tune ui --tracking-uri sqlite:///{tmp_path / 'mlflow.db'}" in proc.stdout
     assert "(then open http://127.0.0.1:5000/#/experiments/1/runs)" in proc.stdout  # the runs page, not GenAI
+    # ... and MLflow's compare page for the top trials (the default --top 5), best first.
+    compare = proc.stdout.split("compare the top 5 trials: ")[1].splitlines()[0]
+    assert compare.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
+    query = parse_qs(compare.split("?", 1)[1])
+    runs, experiments = json.loads(query["runs"][0]), json.loads(query["experiments"][0])
+    assert experiments == ["1"] and len(runs) == len(set(runs)) == 5
+    assert runs[0] == proc.stdout.split("best trial run ")[1].split()[0]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

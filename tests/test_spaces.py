@@ -1,6 +1,7 @@
 """Search-space files: shipped spaces, the format, every validation error (named file + parameter), sampling."""
 
 import contextlib
+
 import optuna
 import pytest
 import yaml

@@ -34,16 +34,16 @@ def local_ray():
 def test_a_trainable_restored_from_its_final_checkpoint_reports_its_end_again(local_ray, tmp_path, tiny_trial,
                                                                               tracking_server, pack):
     from ptplus_tune.service.pack_host import remove_hosts
-    from ptplus_tune.service.trainable import make_trainable
+    from ptplus_tune.service.trainable import StudySettings, trainable
     from ptplus_tune.spaces import load_space
     from ptplus_tune.tracking.study_run import open_study
 
     name = f"final{pack}"
     spec = load_space(space_file(tmp_path, tiny_trial, resources={"cpus": 1, "gpus": 0, "pack": pack}))
     target = open_study(tracking_server, spec, name, resume=False, registered_model="")
-    trainable = make_trainable(spec, tracking=target, study_path=str(tmp_path / name), study=name)
+    bound = trainable(StudySettings.of(spec, tracking=target, study_path=str(tmp_path / name), study=name))
     config = {"feature_map": "elu", "prefix_length": 4, "learning_rate": 1e-2}
-    first = trainable(config=config)
+    first = bound(config=config)
     try:
         reports = []
         while not reports or not reports[-1]["done"]:
@@ -51,7 +51,7 @@ def test_a_trainable_restored_from_its_final_checkpoint_reports_its_end_again(lo
         final = first.save(str(tmp_path / "final"))
     finally:
         first.stop()
-    again = trainable(config=config)  # the same trial id ("default"): Tune's retry of the trial
+    again = bound(config=config)  # the same trial id ("default"): Tune's retry of the trial
     try:
         again.restore(final)
         repeated = again.train()

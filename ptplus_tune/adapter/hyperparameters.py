@@ -9,9 +9,12 @@ from ptplus_tune.adapter.config import PTPlusConfig
 from ptplus_tune.errors import PTPlusError
 
 METHODS = ("ptplus", "lora", "prefix_tuning")
+_PTPLUS = PTPlusConfig()
+# The one source of the adapter defaults (TrialConfig and the spaces take theirs from here).
 DEFAULTS: dict[str, Any] = {
-    "method": "ptplus", "feature_map": "elu", "memory": "slots", "prefix_length": 16, "feature_dim": None,
-    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+    "method": "ptplus", "feature_map": _PTPLUS.feature_map, "memory": _PTPLUS.memory,
+    "prefix_length": _PTPLUS.prefix_length, "feature_dim": _PTPLUS.feature_dim,
+    "lora_r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0,
 }
 
 

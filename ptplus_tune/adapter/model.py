@@ -16,6 +16,7 @@ from torch import nn
 from ptplus_tune.adapter.architectures import AttentionSite, find_attention_sites
 from ptplus_tune.adapter.config import CONFIG_NAME, WEIGHTS_NAME, PTPlusConfig
 from ptplus_tune.adapter.layer import PTPlusLayer
+from ptplus_tune.atomic import replacing_file, write_text
 from ptplus_tune.errors import PTPlusError
 
 
@@ -54,12 +55,9 @@ class AdapterAPI:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.contiguous().cpu() for k, v in self.adapter_state_dict().items()}
-        tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
-        save_file(weights, str(tmp_weights), metadata={"format": "pt", "peft_type": "PTPLUS"})
-        os.replace(tmp_weights, directory / WEIGHTS_NAME)
-        tmp_config = directory / f".{CONFIG_NAME}.tmp"
-        tmp_config.write_text(self.ptplus_config.to_json())
-        os.replace(tmp_config, directory / CONFIG_NAME)
+        with replacing_file(directory / WEIGHTS_NAME) as tmp:
+            save_file(weights, str(tmp), metadata={"format": "pt", "peft_type": "PTPLUS"})
+        write_text(directory / CONFIG_NAME, self.ptplus_config.to_json())
 
 
 class PTPlusModel(AdapterAPI, nn.Module):

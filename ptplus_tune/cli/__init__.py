@@ -9,6 +9,7 @@ import sys
 
 from ptplus_tune.errors import PTPlusError
 
+
 def _quiet_libraries(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -8,6 +8,7 @@ with --quiet: one plain line per event.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 
@@ -32,7 +33,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _number(value, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+    """A figure, or `-` where there is none yet (a trial's training loss is NaN until its first logging window)."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def render(study: str, state: dict):

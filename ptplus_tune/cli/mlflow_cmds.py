@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.errors import PTPlusError, first_line
 
 
 def build_ui_parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def cmd_predict(args) -> int:
     try:
         model = mlflow.pyfunc.load_model(args.model_uri)
     except MlflowException as exc:
-        raise PTPlusError(f"could not load {args.model_uri}: {exc.message.splitlines()[0]}") from exc
+        raise PTPlusError(f"could not load {args.model_uri}: {first_line(exc.message, limit=1000)}") from exc
     import pandas as pd
 
     rows = model.predict(pd.DataFrame({"text": args.text}), params={"max_new_tokens": args.max_new_tokens})

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
 import typing
 from pathlib import Path
 
+from ptplus_tune.atomic import replacing_folder
 from ptplus_tune.errors import PTPlusError
 
 TRAIN_EXAMPLES = """examples:
@@ -70,8 +70,8 @@ def cmd_train(args) -> int:
     from tqdm import tqdm
 
     from ptplus_tune.trial import TrialConfig, run_trial, save_adapter
-    from ptplus_tune.trial.layout import TASK_FILE
     from ptplus_tune.trial.config import read_yaml_mapping
+    from ptplus_tune.trial.layout import ADAPTER_DIR, CONFIG_FILE, TASK_FILE
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrialConfig)
                  if getattr(args, f.name) is not None}
@@ -113,15 +113,12 @@ def cmd_train(args) -> int:
     finally:
         for bar in bars:
             bar.close()
-    staging = output.with_name(output.name + ".writing")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_adapter(result.model, staging / "adapter")
-    (staging / "metrics.json").write_text(json.dumps({"final": result.metrics, "history": result.history}, indent=1))
-    (staging / "trial_config.json").write_text(json.dumps(config.to_dict(), indent=1))
-    (staging / TASK_FILE).write_text(json.dumps(result.task, indent=1))
-    if output.exists():
-        output.rmdir()  # checked empty above
-    os.replace(staging, output)
+    with replacing_folder(output) as staging:  # (an existing output was checked empty above)
+        save_adapter(result.model, staging / ADAPTER_DIR)
+        (staging / "metrics.json").write_text(json.dumps({"final": result.metrics, "history": result.history},
+                                                         indent=1))
+        (staging / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1))
+        (staging / TASK_FILE).write_text(json.dumps(result.task, indent=1))
     shutil.rmtree(partial, ignore_errors=True)
 
     final = result.metrics

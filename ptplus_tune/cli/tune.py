@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.errors import PTPlusError, first_line
 
-
+LOCAL_UI = "http://127.0.0.1:5000"  # where `ptplus-tune ui` serves MLflow's UI by default
 TUNE_EXAMPLES = """examples:
   ptplus-tune --space default                         # the default study on this machine (or the running cluster)
   ptplus-tune --space quick --dry-run                 # show the resolved space and plan, start nothing
@@ -27,8 +31,10 @@ def build_tune_parser() -> argparse.ArgumentParser:
         prog="ptplus-tune", epilog=TUNE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search Prefix-Tuning+ hyperparameters with Ray Tune (Optuna TPE proposes, ASHA stops early). "
                     "Subcommands: train (one run), ui (the MLflow UI), predict (a logged adapter).")
-    parser.add_argument("--space", default=None, help="shipped space name (default, quick, compare) or a YAML "
-                        "file [default]")
+    from ptplus_tune.spaces import shipped_spaces
+
+    names = ", ".join(sorted(shipped_spaces(), key=lambda n: (n != "default", n)))
+    parser.add_argument("--space", default=None, help=f"shipped space name ({names}) or a YAML file [default]")
     parser.add_argument("--num-samples", type=int, help="number of trials [from the space]")
     parser.add_argument("--max-concurrent", type=int, help="trials at once [from the space]")
     parser.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, e.g. 0.25 [from the space]")
@@ -65,7 +71,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_overrides(spec, args) -> None:
+def _apply_overrides(spec, args) -> bool:
+    """The command line's settings over the space's; returns whether `--pack auto` waits for a GPU's measurement."""
+    from ptplus_tune.service.pack_size import resolve_pack
     from ptplus_tune.spaces import validate
 
     for flag, attr in (("num_samples", "num_samples"), ("max_concurrent", "max_concurrent"), ("seed", "seed")):
@@ -75,19 +83,12 @@ def _apply_overrides(spec, args) -> None:
         spec.resources.gpus = args.gpus_per_trial
     if args.cpus_per_trial is not None:
         spec.resources.cpus = args.cpus_per_trial
-    if args.pack == "auto" and spec.resources.gpus == 0:
-        from ptplus_tune.service.pack_host import auto_pack  # (imports Ray: only when asked for)
-
-        spec.resources.pack = auto_pack(spec)  # on CPU a rule of the space; on a GPU it waits for the device
-    elif args.pack is not None and args.pack != "auto":
-        try:
-            spec.resources.pack = int(args.pack)
-        except ValueError:
-            raise PTPlusError(f"--pack takes a whole number of trials or auto, got {args.pack!r}") from None
+    pending = resolve_pack(spec, args.pack, measure=False)
     for key in ("model", "dataset"):
         if getattr(args, key) is not None:
             spec.trial[key] = getattr(args, key)
     validate(spec)
+    return pending
 
 
 def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> str:
@@ -154,7 +155,14 @@ def ui_hint(uri: str, experiment_id: str) -> str:
     page = f"#/experiments/{experiment_id}/runs"
     if uri.startswith(("http://", "https://")):
         return f"open {uri.rstrip('/')}/{page}"
-    return f"ptplus-tune ui --tracking-uri {uri}   (then open http://127.0.0.1:5000/{page})"
+    return f"ptplus-tune ui --tracking-uri {uri}   (then open {LOCAL_UI}/{page})"
+
+
+def compare_link(uri: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow's compare page for these runs: parallel coordinates, scatter plots and metrics side by side."""
+    query = f"runs={quote(json.dumps(run_ids))}&experiments={quote(json.dumps([experiment_id]))}"
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/compare-runs?{query}"
 
 
 def check_inputs(spec) -> None:
@@ -178,84 +186,147 @@ def _tracked(action, uri: str, name: str, storage_path: str):
     try:
         return action()
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise PTPlusError(f"the study's results are saved, but logging them to MLflow at {uri} failed ({detail}); "
+        raise PTPlusError(f"the study's results are saved, but logging them to MLflow at {uri} failed "
+                          f"({first_line(exc)}); "
                           f"once it answers again, `{resume_command(name, storage_path)}` logs them") from exc
 
 
+@dataclass
+class Study:
+    """A study as the command line resolved it, before anything starts."""
+
+    name: str
+    spec: Any
+    path: Any  # service.storage.StudyDir
+    resume: bool
+    pack_pending: bool = False  # --pack auto on a GPU: measured once Ray is connected
+
+
+@dataclass
+class Connections:
+    """Where the study's state goes, checked to answer before Ray starts its trials."""
+
+    tracking_uri: str
+    optuna_storage: str
+    where: str  # the Ray cluster, in words
+
+
 def cmd_tune(args) -> int:
-    # Checking the space and printing the plan need none of torch, transformers, Ray or MLflow: those load after.
-    from ptplus_tune.service.storage import (StudyDir, check_new, optuna_storage_of, resume_command, saved_spec,
-                                             saved_tracking_uri)
-    from ptplus_tune.spaces import load_space, validate
+    study = resolve_study(args)
+    if args.dry_run:
+        print_dry_run(study)
+        return 0
+    connections = check_study(args, study)
+    started = time.time()
+    target, result = run(args, study, connections)
+    if result.interrupted:
+        return report_interrupted(args, study, target, result, started)
+    return report_done(args, study, connections, target, result, started)
+
+
+def resolve_study(args) -> Study:
+    """The space (or a resumed study's saved one) with the command line's settings. Checking the space and printing
+    the plan need none of torch, transformers, Ray or MLflow: nothing here loads them."""
+    from ptplus_tune.service.storage import StudyDir, check_new, saved_spec
+    from ptplus_tune.spaces import load_space
 
     if args.resume:
-        name = args.resume
-        spec = saved_spec(args.storage_path, name)
         if args.space:
             print("note: --resume uses the study's saved space; --space is ignored", file=sys.stderr)
-    else:
-        spec = load_space(args.space or "default")
-        _apply_overrides(spec, args)
-        name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        check_new(args.storage_path, name)
-    path = StudyDir(args.storage_path, name)
-    gpu_auto_pack = args.pack == "auto" and not args.resume and spec.resources.gpus > 0
-    if args.dry_run:
-        print(spec.to_yaml().rstrip())
-        print(f"# space sha256 {spec.sha256}")
-        print(f"# {_plan(spec, name, path)}")
-        if gpu_auto_pack:
-            print("# --pack auto: trials per GPU are chosen at start from a GPU's free memory (pack above is 1)")
-        return 0
+        spec = saved_spec(args.storage_path, args.resume)
+        return Study(args.resume, spec, StudyDir(args.storage_path, args.resume), resume=True)
+    spec = load_space(args.space or "default")
+    pending = _apply_overrides(spec, args)
+    name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_new(args.storage_path, name)
+    return Study(name, spec, StudyDir(args.storage_path, name), resume=False, pack_pending=pending)
 
-    from ptplus_tune.cli import display
-    from ptplus_tune.service import check_gpus, concurrency, connect, run_study
-    from ptplus_tune.service.disk import check_room, describe, free_bytes
-    from ptplus_tune.service.interrupt import LOW_DISK, exit_code
-    from ptplus_tune.service.optuna_store import check_new_study, display_url, open_storage
-    from ptplus_tune.service.pack_host import auto_pack
-    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, interrupt_study, open_study
 
+def print_dry_run(study: Study) -> None:
+    print(study.spec.to_yaml().rstrip())
+    print(f"# space sha256 {study.spec.sha256}")
+    print(f"# {_plan(study.spec, study.name, study.path)}")
+    if study.pack_pending:
+        print("# --pack auto: trials per GPU are chosen at start from a GPU's free memory (pack above is 1)")
+
+
+def check_study(args, study: Study) -> Connections:
+    """Everything a study needs, checked once before its trials start: model and data, disk room, the Optuna and
+    MLflow stores, the Ray cluster and its GPUs (and `--pack auto`'s measurement on a GPU)."""
+    from ptplus_tune.service import check_gpus, connect
+    from ptplus_tune.service.disk import check_room
+    from ptplus_tune.service.optuna_store import check_new_study, open_storage
+    from ptplus_tune.service.pack_size import resolve_pack
+    from ptplus_tune.service.storage import optuna_storage_of, saved_tracking_uri
+    from ptplus_tune.spaces import validate
+    from ptplus_tune.tracking import check_reachable, default_tracking_uri
+
+    spec = study.spec
     check_inputs(spec)
-    if path.local is not None:
-        check_room(path.local)
-    optuna_storage = optuna_storage_of(args.storage_path, name, args.optuna_storage)
-    if args.resume:
+    if study.path.local is not None:
+        check_room(study.path.local)
+    optuna_storage = optuna_storage_of(args.storage_path, study.name, args.optuna_storage)
+    if study.resume:
         open_storage(optuna_storage)
     elif args.optuna_storage:  # (the default, a new study's own sqlite file, is created with the study)
-        check_new_study(optuna_storage, name)
-    resumed_uri = saved_tracking_uri(args.storage_path, name) if args.resume else None
+        check_new_study(optuna_storage, study.name)
+    resumed_uri = saved_tracking_uri(args.storage_path, study.name) if study.resume else None
     tracking_uri = args.tracking_uri or resumed_uri or default_tracking_uri()
     check_reachable(tracking_uri)
     where = connect(args.address)
-    if gpu_auto_pack:
-        spec.resources.pack = auto_pack(spec)
+    if study.pack_pending:
+        resolve_pack(spec, "auto", measure=True)
         validate(spec)
     check_gpus(max(spec.resources.share(method)[1] for method in spec.methods))
-    print(f"{'resuming' if args.resume else 'starting'} {_plan(spec, name, path, concurrency(spec))}; on {where}",
-          file=sys.stderr)
-    started = time.time()
-    wanted = "" if args.no_register else args.registered_model or (None if args.resume else
+    return Connections(tracking_uri, optuna_storage, where)
+
+
+def run(args, study: Study, connections: Connections):
+    """The study on Ray Tune with the live view; returns its MLflow target and result."""
+    from ptplus_tune.cli import display
+    from ptplus_tune.service import concurrency, run_study
+    from ptplus_tune.tracking import open_study
+
+    spec = study.spec
+    print(f"{'resuming' if study.resume else 'starting'} {_plan(spec, study.name, study.path, concurrency(spec))}; "
+          f"on {connections.where}", file=sys.stderr)
+    wanted = "" if args.no_register else args.registered_model or (None if study.resume else
                                                                    default_registered_model(spec))
-    target = open_study(tracking_uri, spec, name, resume=bool(args.resume), registered_model=wanted)
-    view = display.attach(name, args.quiet)
+    target = open_study(connections.tracking_uri, spec, study.name, resume=study.resume, registered_model=wanted)
+    view = display.attach(study.name, args.quiet)
     try:
-        result = run_study(spec, name, args.storage_path, resume=bool(args.resume), tracking=target,
-                           optuna_storage=optuna_storage)
+        result = run_study(spec, study.name, args.storage_path, resume=study.resume, tracking=target,
+                           optuna_storage=connections.optuna_storage)
     finally:
         display.detach(view)
-    if result.interrupted:
-        _tracked(lambda: interrupt_study(target, result), tracking_uri, name, args.storage_path)
-        counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "interrupted")}
-        why = f"the disk that holds it is nearly full ({describe(free_bytes(path.local))})" \
-            if result.interrupted == LOW_DISK else result.interrupted
-        print(f"\nstudy {name} interrupted after {time.time() - started:.0f} s ({why}): {counts['completed']} "
-              f"trials completed, {counts['early_stopped']} stopped early, {counts['interrupted']} interrupted; "
-              f"nothing registered; its state is saved in {path}", file=sys.stderr)
-        free = "free some space, then " if result.interrupted == LOW_DISK else ""
-        print(f"continue it with: {free}{resume_command(name, args.storage_path)}", file=sys.stderr)
-        return exit_code(result.interrupted)
+    return target, result
+
+
+def report_interrupted(args, study: Study, target, result, started: float) -> int:
+    from ptplus_tune.service.disk import describe, free_bytes
+    from ptplus_tune.service.interrupt import LOW_DISK, exit_code
+    from ptplus_tune.service.storage import resume_command
+    from ptplus_tune.tracking import interrupt_study
+
+    name = study.name
+    _tracked(lambda: interrupt_study(target, result), target.uri, name, args.storage_path)
+    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "interrupted")}
+    why = f"the disk that holds it is nearly full ({describe(free_bytes(study.path.local))})" \
+        if result.interrupted == LOW_DISK else result.interrupted
+    print(f"\nstudy {name} interrupted after {time.time() - started:.0f} s ({why}): {counts['completed']} "
+          f"trials completed, {counts['early_stopped']} stopped early, {counts['interrupted']} interrupted; "
+          f"nothing registered; its state is saved in {study.path}", file=sys.stderr)
+    free = "free some space, then " if result.interrupted == LOW_DISK else ""
+    print(f"continue it with: {free}{resume_command(name, args.storage_path)}", file=sys.stderr)
+    return exit_code(result.interrupted)
+
+
+def report_done(args, study: Study, connections: Connections, target, result, started: float) -> int:
+    """Log the study to MLflow (ranking, registry) and print its summary."""
+    from ptplus_tune.service.optuna_store import display_url
+    from ptplus_tune.tracking import finish_study
+
+    name, spec, tracking_uri = study.name, study.spec, connections.tracking_uri
     registered_model = default_registered_model(spec) if target.registered_model is None else \
         target.registered_model or None
     print(f"logging the study to MLflow ({tracking_uri}) ...", file=sys.stderr)
@@ -289,4 +360,7 @@ def cmd_tune(args) -> int:
             else (f"; champion stays version {reg.previous_champion}" if reg.previous_champion else "")
         print(f"registered: models:/{reg.name}/{reg.version} as @{reg.alias}{held}")
     print(f"mlflow ui: {ui_hint(tracking_uri, tracked.experiment_id)}")
+    top = tracked.ranked_run_ids[:max(args.top, 2)]
+    if len(top) >= 2:
+        print(f"compare the top {len(top)} trials: {compare_link(tracking_uri, tracked.experiment_id, top)}")
     return 0

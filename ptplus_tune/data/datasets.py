@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.errors import PTPlusError, first_line
 
 EMBEDDED_DATASET = "bbc_news"
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv"}
@@ -80,7 +80,7 @@ def load_labelled(dataset: str, text_column: str = "text", label_column: str = "
     try:
         loaded = hf_datasets.load_dataset(dataset)
     except Exception as exc:  # datasets raises many types for a bad name or no network
-        raise PTPlusError(f"could not load dataset {dataset!r}: {str(exc).strip().splitlines()[0]}") from exc
+        raise PTPlusError(f"could not load dataset {dataset!r}: {first_line(exc, limit=1000)}") from exc
     return {name: _examples(rows, text_column, label_column, f"{dataset}[{name}]") for name, rows in loaded.items()}
 
 
@@ -110,9 +110,8 @@ def _read_local(path: Path, where: str):
         cause = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise PTPlusError(f"data file {where} is not valid {'CSV' if fmt == 'csv' else 'JSON / JSON Lines'} "
-                          f"({detail[:200]}); fix the file") from exc
+                          f"({first_line(cause)}); fix the file") from exc
     finally:
         quiet.setLevel(level)
     if rows.num_rows == 0:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.atomic import replacing_folder
+from ptplus_tune.errors import PTPlusError, first_line
 
 if TYPE_CHECKING:  # torch loads with a model: a study's driver checks model paths and names without it
     import torch
@@ -61,13 +60,9 @@ def embedded_model_dir() -> Path:
         # save_pretrained refuses a GGUF-loaded model: copy its weights into a plain instance of the same class.
         plain = type(quantised)(quantised.config)
         plain.load_state_dict(quantised.state_dict())
-        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-        try:
+        with replacing_folder(target) as tmp:
             plain.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -103,8 +98,7 @@ def load_base_model(name: str | None, device: str = "cpu", dtype: torch.dtype | 
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PTPlusError(f"could not load model {name!r}: {first_line}") from exc
+        raise PTPlusError(f"could not load model {name!r}: {first_line(exc, limit=1000)}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

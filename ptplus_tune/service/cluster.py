@@ -50,6 +50,9 @@ def connect(address: str | None) -> str:
         return f"Ray cluster at {address}"
     # A new single-node instance only needs loopback: keep it off the machine's network interfaces.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray turns token authentication on for a new local instance and warns about it at every start; asking for it
+    # explicitly keeps the protection (a token in ~/.ray/auth_token, made on first use) without the warning.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(include_dashboard=False, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     return "a new local Ray instance"
 

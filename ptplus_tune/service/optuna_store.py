@@ -14,7 +14,7 @@ import time
 
 from ray.tune.search.optuna import OptunaSearch
 
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.errors import PTPlusError, first_line
 
 log = logging.getLogger(__name__)
 STORAGE_ENV = "PTPLUS_OPTUNA_STORAGE"
@@ -45,8 +45,8 @@ def open_storage(url: str):
             if attempt < 2 and any(word in str(exc) for word in ("already exists", "duplicate key")):
                 time.sleep(1.0 + random.random())
                 continue
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise PTPlusError(f"the Optuna storage {display_url(url)} cannot be opened ({detail[0] if detail else exc})"
+            raise PTPlusError(f"the Optuna storage {display_url(url)} cannot be opened "
+                              f"({first_line(getattr(exc, 'orig', None) or exc, limit=1000)})"
                               f"; check --optuna-storage (a PostgreSQL database must exist: createdb optuna)") from exc
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import ray
 
+from ptplus_tune.errors import first_line
+
 log = logging.getLogger(__name__)
 HOST_PREFIX = "ptplus-pack-"
 MAX_CALLS = 256  # concurrent calls a host accepts: one blocked `advance` per attached trial, plus the rest
@@ -188,7 +190,7 @@ def open_host(study: str, threads: int, board: str | None):
         except ray.exceptions.RayActorError as exc:  # a host that died (failing this trial) still holds the name
             last = exc
             time.sleep(0.5)
-    raise RuntimeError(f"pack host {name} could not be started: {str(last).strip().splitlines()[0]}")
+    raise RuntimeError(f"pack host {name} could not be started: {first_line(last, limit=1000)}")
 
 
 def remove_hosts(study: str) -> None:
@@ -203,7 +205,7 @@ def remove_hosts(study: str) -> None:
 
 
 class RemoteSession:
-    """A TrialSession-shaped handle on a trial that trains in a PackHost (what the trainable needs of a session)."""
+    """A trial that trains in a PackHost, seen from its own Tune trainable: a `ptplus_tune.trial.Session`."""
 
     def __init__(self, host, pack_id: str, trial_id: str, config, on_log=None):
         self.host, self.pack_id, self.trial_id, self.on_log = host, pack_id, trial_id, on_log
@@ -237,52 +239,3 @@ class RemoteSession:
             ray.get(self.host.detach.remote(self.trial_id))
         except ray.exceptions.RayActorError:  # the host is gone: nothing of this trial left to take off
             pass
-
-
-AUTO_MAX_PACK = 16
-
-
-def trial_bytes(model_config, batch_size: int, max_length: int, bytes_per_value: int = 2) -> int:
-    """A generous estimate of one packed trial's activation memory: per token and layer, ~12 hidden-wide and 3
-    MLP-wide values (what autograd keeps for a frozen decoder layer's backward: measured 10.5 and 3 on CPU for
-    SmolLM2), times 1.5 for the step's temporaries."""
-    hidden = model_config.hidden_size
-    mlp = getattr(model_config, "intermediate_size", None) or 4 * hidden
-    layers = model_config.num_hidden_layers
-    return int(batch_size * max_length * layers * (12 * hidden + 3 * mlp) * bytes_per_value * 1.5)
-
-
-def pack_size(free_bytes: int, weight_bytes: int, per_trial_bytes: int) -> int:
-    """`--pack auto` on a GPU: as many trials as fit in 90% of the free memory after the base model's weights,
-    at least 1, at most AUTO_MAX_PACK."""
-    return max(1, min(AUTO_MAX_PACK, int((0.9 * free_bytes - weight_bytes) // max(per_trial_bytes, 1))))
-
-
-def _gpu_room(model: str | None, batch_size: int, max_length: int) -> tuple[int, int, int]:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ptplus_tune.data.models import resolve_model
-
-    source, gguf_file = resolve_model(model)
-    config = AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
-    with torch.device("meta"):
-        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    free, _ = torch.cuda.mem_get_info()
-    return free, parameters * 2, trial_bytes(config, batch_size, max_length)  # bf16 weights
-
-
-def auto_pack(spec) -> int:
-    """K for `--pack auto`. On CPU: max_concurrent (the node's concurrent trials share one base model; same
-    throughput, less memory: bench/packing.py). On a GPU: `pack_size` from the free memory of a GPU of the cluster
-    (a task that waits for one, so an autoscaling cluster starts a GPU worker) and the base model's shape."""
-    if spec.resources.gpus == 0:
-        return spec.max_concurrent
-    trial = spec.trial
-    room = ray.remote(num_gpus=1, num_cpus=0)(_gpu_room)
-    free, weights, per_trial = ray.get(room.remote(trial.get("model"), int(trial.get("batch_size", 4)),
-                                                   int(trial.get("max_length", 96))))
-    k = pack_size(free, weights, per_trial)
-    log.info("--pack auto: %d trials per GPU (%.1f GiB free, base model %.1f GiB, ~%.2f GiB per trial)", k,
-                free / 2**30, weights / 2**30, per_trial / 2**30)
-    return k

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.tune import Callback
 
+from ptplus_tune.errors import first_line
 from ptplus_tune.trial.outcome import COMPLETED, status_of, stop_reason_of
 
 log = logging.getLogger("ptplus_tune.progress")
@@ -35,8 +36,7 @@ def failure_reason(trial) -> str:
     cause = getattr(error, "cause", None) or error  # a RayTaskError carries the trial's exception as `cause`
     if cause is None:
         return "no details"
-    lines = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:200]
+    return f"{type(cause).__name__}: {first_line(str(cause))}"[:200]
 
 
 @ray.remote(num_cpus=0)

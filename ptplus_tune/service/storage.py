@@ -8,11 +8,10 @@ scratch in each trial's local folder on its node.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ptplus_tune.atomic import write_text
 from ptplus_tune.errors import PTPlusError
 
 if TYPE_CHECKING:
@@ -68,11 +67,7 @@ class StudyDir:
             with self.fs.open_output_stream(f"{self._root}/{file}") as stream:
                 stream.write(text.encode("utf-8"))
             return
-        self.local.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{file}.", dir=self.local)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, self.local / file)
+        write_text(self.local / file, text)
 
 
 def local_storage(study_path: Path) -> str:

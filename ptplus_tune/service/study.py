@@ -14,8 +14,16 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.disk import DiskGuard
 from ptplus_tune.service.interrupt import Interruption
 from ptplus_tune.service.optuna_store import StudySearch, open_storage
-from ptplus_tune.service.storage import (OPTUNA_FILE, SPEC_FILE, TRACKING_FILE, StudyDir, check_new, local_storage,
-                                        optuna_storage_of, resume_command)
+from ptplus_tune.service.storage import (
+    OPTUNA_FILE,
+    SPEC_FILE,
+    TRACKING_FILE,
+    StudyDir,
+    check_new,
+    local_storage,
+    optuna_storage_of,
+    resume_command,
+)
 from ptplus_tune.spaces import StudySpec, define_by_run
 from ptplus_tune.trial.outcome import status_of, stop_reason_of
 
@@ -100,14 +108,14 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
 
     from ptplus_tune.service.pack_host import remove_hosts
     from ptplus_tune.service.progress import StudyProgress, board_name, open_board
-    from ptplus_tune.service.trainable import SCRATCH, make_trainable
+    from ptplus_tune.service.trainable import SCRATCH, StudySettings
+    from ptplus_tune.service.trainable import trainable as study_trainable
 
     _quiet_tune()
     folder = StudyDir(storage_path, name)
     path = folder.local  # None on a URI: no scratch or disk checks there (trials use their node's local folder)
-    runnable = tune.with_resources(trainable or make_trainable(spec, tracking, str(path) if path else None,
-                                                               board_name(name), study=name),
-                                   trial_resources(spec))
+    settings = StudySettings.of(spec, tracking, str(path) if path else None, board_name(name), study=name)
+    runnable = tune.with_resources(trainable or study_trainable(settings), trial_resources(spec))
     if tracking is not None:
         from ptplus_tune.tracking.callback import TrackTrialStatus
 

@@ -172,7 +172,7 @@ def shipped_spaces() -> dict[str, Path]:
 
 
 def load_space(name_or_path: str) -> StudySpec:
-    """A shipped space by name (`default`, `quick`, `compare`) or a YAML file by path."""
+    """A shipped space by name (see `shipped_spaces`) or a YAML file by path."""
     path = Path(name_or_path).expanduser()
     if not path.suffix and not path.exists():
         shipped = shipped_spaces()

@@ -7,6 +7,7 @@ import logging
 
 from ray.tune import Callback
 
+from ptplus_tune.errors import first_line
 from ptplus_tune.tracking.target import Target, client
 from ptplus_tune.trial.outcome import FAILED, status_of, stop_reason_of
 
@@ -32,7 +33,7 @@ class TrackTrialStatus(Callback):
             mark_trial(self._client, self.target, trial.trial_id, status, trial.config, stop_reason)
         except Exception as exc:  # tracking trouble must not stop the study; finish_study marks it again
             log.warning("could not record trial %s as %s in MLflow (%s); not trying again before the study ends",
-                        trial.trial_id, status, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                        trial.trial_id, status, first_line(exc))
             self._down = True  # each try waits out MLflow's retries, which would stall Tune's loop
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -12,8 +12,8 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from ptplus_tune.trial.layout import ADAPTER_DIR, TASK_FILE
 from ptplus_tune.tracking.target import MODEL_URI
+from ptplus_tune.trial.layout import ADAPTER_DIR, TASK_FILE
 
 MODEL_NAME = "adapter"
 SIGNATURE = ModelSignature(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.errors import PTPlusError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def register(mlflow_client, name: str, model_uri: str, run_id: str, *, metric: s
         version = mlflow_client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
                                                      model_id=model_uri.removeprefix("models:/"))
     except MlflowException as exc:
-        raise PTPlusError(f"could not register {model_uri} as {name!r}: {exc.message.splitlines()[0]}") from exc
+        raise PTPlusError(f"could not register {model_uri} as {name!r}: {first_line(exc.message, limit=1000)}") from exc
     comparable = (champion is not None and champion.tags.get(METRIC) == metric
                   and champion.tags.get(EVAL_SHA256) == eval_sha256 and METRIC_VALUE in champion.tags)
     if champion is None or (comparable and _beats(value, float(champion.tags[METRIC_VALUE]), mode)):

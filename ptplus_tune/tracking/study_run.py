@@ -8,16 +8,28 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptplus_tune.data import EMBEDDED_DATASET
 from ptplus_tune.data.identity import dataset_identity, model_identity
 from ptplus_tune.errors import PTPlusError
+from ptplus_tune.tracking.target import (
+    MODEL_URI,
+    REGISTERED_MODEL,
+    SPACE_SHA256,
+    STATUS,
+    STOP_REASON,
+    STUDY,
+    TRIAL_ID,
+    Target,
+    check_reachable,
+    child_runs,
+    client,
+    trial_run,
+)
 from ptplus_tune.trial.layout import ADAPTER_DIR
-from ptplus_tune.tracking.target import (MODEL_URI, REGISTERED_MODEL, SPACE_SHA256, STATUS, STOP_REASON, STUDY,
-                                         TRIAL_ID, Target, check_reachable, child_runs, client, trial_run)
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("ptplus-tune", "torch", "transformers", "peft", "ray", "optuna", "mlflow", "datasets")
@@ -25,10 +37,6 @@ LIBRARIES = ("ptplus-tune", "torch", "transformers", "peft", "ray", "optuna", "m
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 NOTE = "mlflow.note.content"  # a run's description in the UI, rendered as markdown
 RUN_STATUS = {"completed": "FINISHED", "early_stopped": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
-EVALUATION_KEYS = ("dataset", "text_column", "label_column", "validation_size", "test_size", "data_seed",
-                   "prompt_template", "target_template", "max_length")
-
-
 def _versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:
@@ -140,9 +148,9 @@ def evaluation_sha256(trial_settings: dict[str, Any], metric: str) -> str:
     """What a metric value depends on besides the adapter: base model, data, split and prompt."""
     from ptplus_tune.trial import TrialConfig
 
-    config = TrialConfig.from_dict(trial_settings).to_dict()
-    identity = {key: config[key] for key in EVALUATION_KEYS}
-    identity.update(metric=metric, model=model_identity(config["model"]), dataset=dataset_identity(config["dataset"]))
+    identity = TrialConfig.from_dict(trial_settings).evaluation_inputs()
+    identity.update(metric=metric, model=model_identity(identity["model"]),
+                    dataset=dataset_identity(identity["dataset"]))
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -152,6 +160,7 @@ class TrackingReport:
     parent_run_id: str
     best_run_id: str | None = None
     registration: Any = None  # registry.Registration, when the best adapter was registered
+    ranked_run_ids: list[str] = field(default_factory=list)  # the runs of the trials that reported the metric, best first
 
 
 def interrupt_study(target: Target, result) -> None:
@@ -187,7 +196,8 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
         runs[trial.trial_id] = mlflow_client.get_run(run.info.run_id)
     close_lost_runs(mlflow_client, target, {trial.trial_id for trial in result.trials})
 
-    report = TrackingReport(target.experiment_id, target.parent_run_id)
+    report = TrackingReport(target.experiment_id, target.parent_run_id,
+                            ranked_run_ids=[runs[t.trial_id].info.run_id for t in result.ranked])
     parent = target.parent_run_id
     log_trials_table(mlflow_client, parent, result, runs)
     mlflow_client.set_tag(parent, NOTE, study_note(result, spec, runs)[:7900])  # MLflow's tag size limit

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ptplus_tune.atomic import replacing_folder
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.layout import ADAPTER_DIR, CONFIG_FILE, STATE_FILE, TASK_FILE
 
@@ -56,16 +55,9 @@ def save_state(folder: str | os.PathLike, *, model, optimizer, scheduler, step: 
 
 def write_checkpoint(parent: str | os.PathLike, **state: Any) -> Path:
     """A new checkpoint folder `checkpoint_<step>` under `parent`; complete or absent, never half-written."""
-    Path(parent).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=parent))
-    try:
+    final = Path(parent) / f"checkpoint_{state['step']:06d}"
+    with replacing_folder(final) as tmp:
         save_state(tmp, **state)
-        final = Path(parent) / f"checkpoint_{state['step']:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -9,28 +9,32 @@ from typing import Any, Mapping
 
 import yaml
 
+from ptplus_tune.adapter.hyperparameters import DEFAULTS as ADAPTER_DEFAULTS
 from ptplus_tune.adapter.hyperparameters import check_hyperparameters
 from ptplus_tune.data.datasets import EMBEDDED_DATASET
 from ptplus_tune.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET
-from ptplus_tune.errors import PTPlusError
+from ptplus_tune.errors import PTPlusError, first_line
 
 HYPERPARAMETERS = (
     "method", "feature_map", "memory", "prefix_length", "feature_dim", "lora_r", "lora_alpha", "lora_dropout",
     "learning_rate", "weight_decay", "warmup_ratio", "batch_size", "grad_accum", "max_steps", "max_length", "seed",
 )
 
+EVALUATION_INPUTS = ("model", "dataset", "text_column", "label_column", "validation_size", "test_size", "data_seed",
+                     "prompt_template", "target_template", "max_length")
+
 
 @dataclass
 class TrialConfig:
-    # adapter (see ptplus_tune.adapter.build_adapter)
-    method: str = "ptplus"
-    feature_map: str = "elu"
-    memory: str = "slots"
-    prefix_length: int = 16
-    feature_dim: int | None = None
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
+    # adapter (see ptplus_tune.adapter.build_adapter; defaults from ptplus_tune.adapter.hyperparameters)
+    method: str = ADAPTER_DEFAULTS["method"]
+    feature_map: str = ADAPTER_DEFAULTS["feature_map"]
+    memory: str = ADAPTER_DEFAULTS["memory"]
+    prefix_length: int = ADAPTER_DEFAULTS["prefix_length"]
+    feature_dim: int | None = ADAPTER_DEFAULTS["feature_dim"]
+    lora_r: int = ADAPTER_DEFAULTS["lora_r"]
+    lora_alpha: float = ADAPTER_DEFAULTS["lora_alpha"]
+    lora_dropout: float = ADAPTER_DEFAULTS["lora_dropout"]
     # optimisation
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
@@ -103,6 +107,12 @@ class TrialConfig:
         every = bool(self.eval_every and step % self.eval_every == 0)
         return step == self.max_steps or step in self.eval_steps or every
 
+    def evaluation_inputs(self) -> dict[str, Any]:
+        """What an evaluation's figures depend on besides the adapter: base model, data, splits and prompt. Trials
+        that agree on these are evaluated on the same examples (a pack evaluates them in shared passes; the registry
+        compares only champions whose evaluations agree)."""
+        return {name: getattr(self, name) for name in EVALUATION_INPUTS}
+
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in HYPERPARAMETERS}
 
@@ -138,7 +148,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     except OSError as exc:
         raise PTPlusError(f"{path}: cannot be read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
-        raise PTPlusError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise PTPlusError(f"{path}: not valid YAML ({first_line(exc, limit=1000)})") from exc
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

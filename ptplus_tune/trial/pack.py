@@ -27,10 +27,10 @@ from ptplus_tune.adapter.packed import PackedPTPlus
 from ptplus_tune.data.prompts import pad_batches
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.config import TrialConfig
+from ptplus_tune.trial.device import pick_device
 from ptplus_tune.trial.evaluate import evaluate_each
 from ptplus_tune.trial.host import ModelHost
 from ptplus_tune.trial.loss import target_count, target_losses
-from ptplus_tune.trial.device import pick_device
 from ptplus_tune.trial.train import TrialResult, TrialSession
 
 # A CPU host's passes: 2 rows each (half a default micro-batch), one pass per CPU at once, each pass on one torch
@@ -183,15 +183,13 @@ class TrialPack:
         """Validation metrics of these trials; those with the same validation data and prompts share forwards."""
         groups: dict[tuple, list[Hashable]] = {}
         for key in keys:
-            c = self.sessions[key].config
-            groups.setdefault((c.dataset, c.validation_size, c.data_seed, c.k_shot, c.max_length, c.prompt_template,
-                               c.target_template, c.eval_batch_size), []).append(key)
+            config = self.sessions[key].config
+            shared = (*config.evaluation_inputs().values(), config.eval_batch_size)
+            groups.setdefault(shared, []).append(key)
         out = {}
         for members in groups.values():
-            first = self.sessions[members[0]]
-            evaluations = evaluate_each([self.sessions[k].model for k in members], first.encoder,
-                                        first.splits.validation, first.splits.labels, first.config.eval_batch_size,
-                                        first.device)
+            evaluations = evaluate_each([self.sessions[k].model for k in members],
+                                        *self.sessions[members[0]].evaluation_data())
             for key, evaluation in zip(members, evaluations):
                 out[key] = self.sessions[key].metrics(evaluation)
         return out

@@ -20,6 +20,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from ptplus_tune.adapter import build_adapter, count_trainable_parameters
+from ptplus_tune.atomic import replacing_folder
 from ptplus_tune.data import PromptEncoder, collate, load_base_model
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import rules
@@ -70,6 +71,11 @@ class TrialSession:
     adapter on the base model (`build_adapter` by default; a TrialPack adds it to its pack instead).
     `progress(step, max_steps)` is called after every optimiser step, `on_log({"step", "train_loss"})` at every
     `log_every` step that is not an evaluation.
+
+    It satisfies `ptplus_tune.trial.Session` (what a Tune trainable drives: `advance`, `report_again`, `save`,
+    `restore`, `close`, `step`, `done`, `train_loss`). A TrialPack drives the same training one optimiser step at a
+    time through the rest of its public surface: `config`, `model`, `pad_id`, `next_batch`, `optimizer_step`,
+    `after_step`, `evaluation_data` and `metrics`.
     """
 
     def __init__(self, config: TrialConfig, *, host=None, base=None, progress: Callable[[int, int], None] | None = None,
@@ -102,6 +108,7 @@ class TrialSession:
         self.dead_checked = False
         self.stop_reason: str | None = None
         self.train_loss = float("nan")
+        self.pack_trials = 1  # trials on this base model at once (Session protocol; a RemoteSession: its pack's)
         self._window: list[float] = []
         self._tokens, self._train_seconds = 0, 0.0
 
@@ -205,8 +212,12 @@ class TrialSession:
 
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy on the validation split (see trial.evaluate)."""
-        return evaluate(self.model, self.encoder, self.splits.validation, self.splits.labels,
-                        self.config.eval_batch_size, self.device)
+        return evaluate(self.model, *self.evaluation_data())
+
+    def evaluation_data(self) -> tuple:
+        """(encoder, validation examples, labels, batch size, device): what an evaluation of this trial's model runs
+        on, the same for every trial with equal `config.evaluation_inputs()`."""
+        return self.encoder, self.splits.validation, self.splits.labels, self.config.eval_batch_size, self.device
 
     def metrics(self, evaluation: dict[str, float]) -> dict[str, Any]:
         """The report of an evaluation point: the validation figures, the rules' verdict, and at the final step the
@@ -272,14 +283,6 @@ def _final_metrics(config, model, encoder, splits, device) -> dict[str, float]:
 
 def save_adapter(model, directory: str | os.PathLike) -> Path:
     """Write the trained adapter (adapter_config.json + adapter_model.safetensors) atomically as a folder."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    try:
+    with replacing_folder(directory) as tmp:
         model.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+    return Path(directory)
