@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The CPU wheel, for development and CI only: an unpinned torch resolves to a multi-GB CUDA build here.
 TORCH_DEV ?= torch==2.13.0
 
-.PHONY: install demo test bench gpu-check cluster-e2e clean
+.PHONY: install demo test test-fast lint bench gpu-check cluster-e2e clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,17 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/ptplus-tune --space default
 
-test: install
-	$(VENV)/bin/lint-imports --no-cache
+test: install lint
 	$(PY) -m pytest -q
+
+# The inner loop: lint and the unit tests (no Ray, no servers, no embedded model), about two minutes on 2 cores.
+test-fast: install lint
+	$(PY) -m pytest -q -m "unit and not embedded"
+
+# ruff (pyproject.toml [tool.ruff]) and the package layers of shared/DESIGN.md (import-linter contracts).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install
 	$(PY) bench/adapter_overhead.py

@@ -23,9 +23,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-import torch  # noqa: E402
+import torch
 
-from ptplus_tune.errors import PTPlusError  # noqa: E402
+from ptplus_tune.errors import PTPlusError
 
 NAMES = {"ptplus": "Prefix-Tuning+", "prefix_tuning": "Prefix-Tuning (PEFT)", "lora": "LoRA (PEFT)"}
 GOALS = (("ptplus", "prefix_tuning", 0.0), ("ptplus", "lora", -0.02))  # PT+ - other >= margin (the paper's claims)

@@ -24,13 +24,13 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 sys.path.insert(0, str(Path(__file__).parent))
-import grid  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
+import grid
+import ray
+from ray import tune
 
-from ptplus_tune.service import run_study  # noqa: E402
-from ptplus_tune.spaces import load_space, parse_space  # noqa: E402
-from ptplus_tune.spaces.spec import Parameter  # noqa: E402
+from ptplus_tune.service import run_study
+from ptplus_tune.spaces import load_space, parse_space
+from ptplus_tune.spaces.spec import Parameter
 
 # Trial functions are shipped to Ray workers by pickling; bench/ is not an installed package, so its code must
 # travel by value.

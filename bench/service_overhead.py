@@ -19,12 +19,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
+import ray
+from ray import tune
 
-from ptplus_tune.service import run_study  # noqa: E402
-from ptplus_tune.spaces import load_space  # noqa: E402
-from ptplus_tune.tracking import finish_study, open_study  # noqa: E402
+from ptplus_tune.service import run_study
+from ptplus_tune.spaces import load_space
+from ptplus_tune.tracking import finish_study, open_study
 
 STEPS = (20, 40, 60)
 

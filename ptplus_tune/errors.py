@@ -12,4 +12,4 @@ def first_line(exc: BaseException | str, limit: int = 200) -> str:
     text = str(exc).strip()
     if not text:
         return type(exc).__name__ if isinstance(exc, BaseException) else ""
-    return text.splitlines()[0][:limit]
+    return text.splitlines()[0].strip()[:limit]

@@ -12,10 +12,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from tests.mlflow_server import mlflow_server
+from tests.polling import wait_until
 from tests.studies import trial_results
 
 HEAD_PORT = "6390"  # 6379 is Redis's on these machines
@@ -68,14 +68,11 @@ def main(space: str, workdir: str, database: str) -> None:
             [sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--address", f"127.0.0.1:{HEAD_PORT}",
              "--tracking-uri", tracking, "--storage-path", str(work / "results"), "--name", "mn", "--no-register"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work)
-        deadline = time.time() + 600
-        while time.time() < deadline:  # every trial running and checkpointed at least twice: then kill a node
+        def all_running():  # every trial running and checkpointed at least twice: then kill a node
             results = trial_results(study)
-            if len(results) == 8 and all(rows[-1]["step"] >= 6 for rows in results.values()):
-                break
-            if driver.poll() is not None:
-                break
-            time.sleep(0.2)
+            return len(results) == 8 and all(rows[-1]["step"] >= 6 for rows in results.values())
+
+        wait_until(all_running, 600, give_up=lambda: driver.poll() is not None)
         out["nodes_before_kill"] = {tid: rows[-1]["node_id"] for tid, rows in trial_results(study).items()}
         out["killed_pids"] = _kill_worker_node()
         stdout, stderr = driver.communicate(timeout=900)

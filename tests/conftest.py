@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Each test carries the marker of its folder: `unit` (tests/unit: seconds each, no Ray, no servers; `make
+    test-fast`) or `study` (tests/study: Ray clusters, MLflow servers, kills)."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in ("unit", "study"):
+            item.add_marker(kind)
+
+
 @pytest.fixture(autouse=True)
 def _tracking_uri_stays_per_test():
     """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which every later CLI subprocess would inherit."""
@@ -46,12 +55,22 @@ def synthetic_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def constant_text_data(tmp_path_factory):
+    """Every text is the same, labels are balanced: a model can only answer one label for all, so its accuracy is
+    never above the majority share (chance level) whatever it learns."""
+    path = tmp_path_factory.mktemp("constant") / "same.jsonl"
+    rows = [{"text": "the big sea", "label": ["red", "blue", "green"][i % 3]} for i in range(90)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    words = ["[PAD]", "[UNK]", "[EOS]", "Text", "Label", ":", "Classify", "."] + FILLER
+    words = ["[PAD]", "[UNK]", "[EOS]", "Text", "Label", ":", "Classify", ".", *FILLER]
     words += sorted(COLOURS) + [w for ws in COLOURS.values() for w in ws]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()

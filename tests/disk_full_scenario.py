@@ -9,9 +9,9 @@ study); `hard`: the guard is off and the file takes the last byte (the trials' o
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from tests.polling import wait_until
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import run_cli, trial_results
 
@@ -45,12 +45,11 @@ def main(space: str, workdir: str, tracking: str, mode: str) -> None:
                                    "--tracking-uri", tracking, "--registered-model", f"reg-{name}", "--storage-path",
                                    str(results)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=work)
-        deadline = time.time() + 300
-        while time.time() < deadline:
+        def both_at_step_100():
             found = trial_results(results / name)
-            if len(found) == 2 and all(rows[-1]["step"] >= 100 for rows in found.values()):
-                break
-            time.sleep(0.2)
+            return len(found) == 2 and all(rows[-1]["step"] >= 100 for rows in found.values())
+
+        wait_until(both_at_step_100, 300)
         fill(disk / "filler", RESERVE_KB // 2 if mode == "guard" else 0)  # another program writes a large file
         stdout, stderr = driver.communicate(timeout=300)
     finally:

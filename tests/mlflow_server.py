@@ -5,9 +5,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
+
+from tests.polling import wait_until
 
 
 def free_port() -> int:
@@ -20,24 +21,16 @@ def free_port() -> int:
 def mlflow_server(backend_uri: str, artifacts: str, timeout: float = 120, port: int | None = None):
     port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(os.path.join(artifacts, "..", f"mlflow-server-{port}.log"), "w")
+    log = open(os.path.join(artifacts, "..", f"mlflow-server-{port}.log"), "w")  # noqa: SIM115 (the server's life)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
          artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not start; see {log.name}")
-            time.sleep(0.5)
+        if not wait_until(lambda: answers(f"{url}/health"), timeout, interval=0.5,
+                          give_up=lambda: proc.poll() is not None):
+            raise RuntimeError(f"mlflow server did not start; see {log.name}")
         yield url
     finally:
         try:
@@ -46,3 +39,12 @@ def mlflow_server(backend_uri: str, artifacts: str, timeout: float = 120, port: 
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -71,3 +71,15 @@ def study_runs(tracking_uri: str, study: str) -> list:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1, "a run outside the study's parent"
     return children
+
+
+def validation_accuracy(pyfunc_model, tiny_trial, config) -> float:
+    import pandas as pd
+
+    from ptplus_tune.trial import TrialConfig
+    from ptplus_tune.trial.host import load_splits
+
+    settings = {k: v for k, v in tiny_trial.items() if k != "num_threads"}
+    splits = load_splits(TrialConfig.from_dict({**settings, **config}))
+    out = pyfunc_model.predict(pd.DataFrame({"text": [ex.text for ex in splits.validation]}))
+    return sum(label == ex.label for label, ex in zip(out["label"], splits.validation)) / len(splits.validation)

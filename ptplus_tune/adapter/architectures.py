@@ -3,8 +3,8 @@ queries, how to cut them into heads, and the attention output projection whose i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -55,7 +55,7 @@ class PTPlusConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PTPlusConfig":
+    def from_dict(cls, data: dict) -> PTPlusConfig:
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(data) - known - {"peft_type"}
         if unknown:
@@ -63,5 +63,5 @@ class PTPlusConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def from_json(cls, text: str) -> "PTPlusConfig":
+    def from_json(cls, text: str) -> PTPlusConfig:
         return cls.from_dict(json.loads(text))

@@ -3,7 +3,8 @@ space is checked before any model is loaded)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ptplus_tune.adapter.config import PTPlusConfig
 from ptplus_tune.errors import PTPlusError

@@ -11,8 +11,8 @@ prefix length and adapted layers.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -69,7 +69,7 @@ class PackedPTPlus:
         self._handles.append(site.query_source.register_forward_hook(keep_query))
         self._handles.append(site.output_projection.register_forward_pre_hook(add_memory))
 
-    def add(self, config: PTPlusConfig) -> "PackedAdapter":
+    def add(self, config: PTPlusConfig) -> PackedAdapter:
         """A new adapter, initialised exactly as `get_ptplus_model(base, config)` would under the same RNG state."""
         if config.base_model_name_or_path is None:
             config.base_model_name_or_path = getattr(self.base_model.config, "_name_or_path", None) or None
@@ -77,11 +77,11 @@ class PackedPTPlus:
         self.adapters.append(adapter)
         return adapter
 
-    def remove(self, adapter: "PackedAdapter") -> None:
+    def remove(self, adapter: PackedAdapter) -> None:
         self.adapters = [a for a in self.adapters if a is not adapter]
 
     @contextmanager
-    def routed(self, parts: Sequence[tuple["PackedAdapter", int | None]]):
+    def routed(self, parts: Sequence[tuple[PackedAdapter, int | None]]):
         """Rows of the next forward passes: the first n_1 through parts[0]'s adapter, the next n_2 through
         parts[1]'s, ...; n = None (one part only): every row."""
         route, start = [], 0

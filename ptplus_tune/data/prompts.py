@@ -38,7 +38,7 @@ class PromptEncoder:
         bos = tokenizer.bos_token_id
         with_special = tokenizer("x")["input_ids"]
         if bos is not None and with_special and with_special[0] == bos:  # the model expects a BOS token
-            self._head = [bos] + self._head
+            self._head = [bos, *self._head]
         self._target_cache: dict[str, list[int]] = {}
 
     def _ids(self, text: str) -> list[int]:

@@ -20,7 +20,7 @@ TUNE_HINTS = ("Stop signal received", "Experiment has been interrupted", "Trials
 
 
 LOW_DISK = "low_disk"  # a study the disk guard (service.disk) stopped: like Ctrl-C, resumable once there is room
-_active: "Interruption | None" = None
+_active: Interruption | None = None
 
 
 def exit_code(reason: str) -> int:
@@ -53,7 +53,7 @@ class Interruption:
         self._previous: dict[int, object] = {}
         self._filter = _DropTuneHints()
 
-    def __enter__(self) -> "Interruption":
+    def __enter__(self) -> Interruption:
         global _active
         _active = self
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -6,9 +6,10 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.disk import DiskGuard

@@ -160,7 +160,7 @@ class TrackingReport:
     parent_run_id: str
     best_run_id: str | None = None
     registration: Any = None  # registry.Registration, when the best adapter was registered
-    ranked_run_ids: list[str] = field(default_factory=list)  # the runs of the trials that reported the metric, best first
+    ranked_run_ids: list[str] = field(default_factory=list)  # runs of the trials that reported the metric, best first
 
 
 def interrupt_study(target: Target, result) -> None:

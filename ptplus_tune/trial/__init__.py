@@ -7,5 +7,5 @@ __getattr__ = lazy_exports(__name__, {
     "Predictor": ".predict", "ModelHost": ".host", "shared_host": ".host", "TrialResult": ".train",
     "TrialSession": ".train", "run_trial": ".train", "save_adapter": ".train", "Session": ".session",
 })
-__all__ = ["HYPERPARAMETERS", "ModelHost", "Predictor", "Session", "TrialConfig", "TrialResult", "TrialSession", "evaluate",
-           "run_trial", "save_adapter", "score_labels", "shared_host"]
+__all__ = ["HYPERPARAMETERS", "ModelHost", "Predictor", "Session", "TrialConfig", "TrialResult", "TrialSession",
+           "evaluate", "run_trial", "save_adapter", "score_labels", "shared_host"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -120,7 +121,7 @@ class TrialConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> "TrialConfig":
+    def from_dict(cls, values: Mapping[str, Any], where: str = "trial config") -> TrialConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -131,7 +132,7 @@ class TrialConfig:
             raise PTPlusError(f"{where}: {exc}") from exc
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrialConfig":
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrialConfig:
         return cls.from_dict({**read_yaml_mapping(path), **overrides}, where=str(path))
 
 

@@ -8,7 +8,7 @@ memory. Groups of rows (the trials of a packed batch) each get their own mean.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

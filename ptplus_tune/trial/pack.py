@@ -16,9 +16,10 @@ agreement with an unpacked run needs a base model without dropout (true of the s
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any
 
 import torch
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ class Predictor:
 
     @classmethod
     def from_files(cls, adapter_dir: str | os.PathLike, task_file: str | os.PathLike,
-                   device: str = "auto") -> "Predictor":
+                   device: str = "auto") -> Predictor:
         if not Path(task_file).is_file():
             raise PTPlusError(f"{task_file} is missing: the adapter does not say which base model and labels it "
                               f"was trained with")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 CHANCE_LEVEL = "chance_level"
 NON_FINITE_LOSS = "non_finite_loss"

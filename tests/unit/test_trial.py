@@ -90,6 +90,27 @@ def _hand_scores(model, tokenizer, prompt_template, target_template, examples, l
     return torch.tensor(rows)
 
 
+def test_both_kinds_of_session_satisfy_the_protocol_the_trainable_talks_to(tiny_trial):
+    """The trainable drives a TrialSession in its own process or a RemoteSession on a pack host through one
+    protocol (trial.Session); a member missing from either would only show in a study."""
+    import inspect
+
+    from ptplus_tune.service.pack_host import RemoteSession
+    from ptplus_tune.trial import Session, TrialSession
+
+    session = TrialSession(TrialConfig(**tiny_trial))
+    assert isinstance(session, Session)
+    assert (session.step, session.pack_trials, session.model_loads, session.done) == (0, 1, 1, False)
+    methods = {name for name, member in vars(Session).items() if inspect.isfunction(member) and name[0] != "_"}
+    assert methods == {"advance", "report_again", "save", "restore", "close"}
+    for name in methods:
+        assert inspect.signature(getattr(RemoteSession, name)).parameters.keys() == \
+            inspect.signature(getattr(Session, name)).parameters.keys(), name
+    source = inspect.getsource(RemoteSession)  # its data members are set from the host's answers
+    for attribute in ("step", "done", "train_loss", "model_loads", "pack_trials"):
+        assert f"self.{attribute}" in source, attribute
+
+
 @pytest.mark.parametrize("target_template", [" {label}", " {label} ."])  # one-token fast path, general path
 def test_label_scoring_matches_a_hand_computed_case(tiny_model_dir, target_template):
     model, tokenizer = load_base_model(tiny_model_dir)

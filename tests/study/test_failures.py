@@ -6,18 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from tests.mlflow_server import free_port, mlflow_server
+from tests.polling import wait_until
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import run_cli, space_file, study_runs, trial_results
 
 STEPS, EVERY = 1000, 100
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_tracking_server_that_goes_away_loses_no_training(tmp_path, tiny_trial):
@@ -35,14 +35,13 @@ def test_a_tracking_server_that_goes_away_loses_no_training(tmp_path, tiny_trial
                 [sys.executable, "-m", "ptplus_tune.cli", "--space", space, "--storage-path", str(results), "--name",
                  "gone", "--tracking-uri", url, "--registered-model", "reg-gone"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-            deadline = time.time() + 300
-            while time.time() < deadline:
+            def both_evaluated():
                 found = trial_results(results / "gone")
-                if len(found) == 2 and all(rows[-1]["step"] >= EVERY for rows in found.values()):
-                    break
-                time.sleep(0.2)
+                return len(found) == 2 and all(rows[-1]["step"] >= EVERY for rows in found.values())
+
+            wait_until(both_evaluated, 300)
         # The server is gone while both trials are mid-way.
-        out, err = driver.communicate(timeout=600)
+        _out, err = driver.communicate(timeout=600)
     finally:
         driver.kill()
         kill_ray_under(env["RAY_TMPDIR"])

@@ -148,6 +148,21 @@ def test_pack_auto_rule():
     assert pack_size(free_bytes=20 * 2**30, weight_bytes=16e9, per_trial_bytes=3e9) == 1  # an 8B model on 24 GB
 
 
+def test_pack_flag_is_decided_in_one_place():
+    from ptplus_tune.service.pack_size import resolve_pack
+    from ptplus_tune.spaces import load_space
+
+    spec = load_space("default")
+    spec.max_concurrent = 3
+    assert resolve_pack(spec, None, measure=False) is False and spec.resources.pack == 1  # the space's
+    assert resolve_pack(spec, "4", measure=False) is False and spec.resources.pack == 4
+    assert resolve_pack(spec, "auto", measure=False) is False and spec.resources.pack == 3  # CPU: max_concurrent
+    spec.resources.gpus, spec.resources.pack = 1, 1
+    assert resolve_pack(spec, "auto", measure=False) is True and spec.resources.pack == 1  # a GPU: measured later
+    with pytest.raises(PTPlusError, match="--pack takes a whole number of trials or auto, got 'many'"):
+        resolve_pack(spec, "many", measure=False)
+
+
 def test_only_ptplus_trials_pack(tiny_trial):
     with pytest.raises(PTPlusError, match="only Prefix-Tuning\\+ trials can be packed"):
         TrialPack().attach("x", TrialConfig(**{**tiny_trial, "method": "lora"}))

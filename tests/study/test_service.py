@@ -3,19 +3,36 @@
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from urllib.parse import parse_qs
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.polling import wait_until
 from tests.postgres import loopback_url, postgres_database
 from tests.ray_env import kill_ray_under, ray_env, ray_workers
 from tests.studies import MAX_STEPS, check_resumed, run_cli, space_file, study_runs, trial_results
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def optuna_storage(request, tmp_path):
+    """The study's Optuna storage: its own sqlite file (local default) or a PostgreSQL database (a cluster's).
+    Yields the --optuna-storage flag's value (None: not given) and the URL the kill/resume study's trials land in."""
+    if request.param == "sqlite":
+        yield None, f"sqlite:///{tmp_path / 'results' / 's2' / 'optuna.db'}"  # the test's study is s2
+        return
+    with postgres_database() as database:
+        yield loopback_url(database), loopback_url(database)
+
+
+def _trial_workers(ray_root: str) -> list[int]:
+    """PIDs of Ray's trial worker processes started under this test's Ray temp root. A trial worker's title is its
+    class (`ray::ResourceTrainable.train`, the class Tune wraps ours in) while it runs a task, and its instance's
+    repr (`ray::PTPlusTrial`) between tasks."""
+    return ray_workers(ray_root, (b"ray::ResourceTrainable", b"ray::PTPlusTrial"))
 
 
 def test_quick_study_end_to_end(tmp_path, tiny_trial):
@@ -60,17 +77,6 @@ def test_quick_study_end_to_end(tmp_path, tiny_trial):
     assert runs[0] == proc.stdout.split("best trial run ")[1].split()[0]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def optuna_storage(request, tmp_path):
-    """The study's Optuna storage: its own sqlite file (local default) or a PostgreSQL database (a cluster's).
-    Yields the --optuna-storage flag's value (None: not given) and the URL the kill/resume study's trials land in."""
-    if request.param == "sqlite":
-        yield None, f"sqlite:///{tmp_path / 'results' / 's2' / 'optuna.db'}"  # the test's study is s2
-        return
-    with postgres_database() as database:
-        yield loopback_url(database), loopback_url(database)
-
-
 def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_trial, tracking_server, optuna_storage):
     import optuna
     from optuna.trial import TrialState
@@ -85,14 +91,14 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
     driver = subprocess.Popen([sys.executable, "-m", "ptplus_tune.cli", *args], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:  # kill once some trials are done and others are mid-way
+        def midway():  # kill once some trials are done and others are mid-way
             finals = [rows[-1] for rows in trial_results(study).values()]
             if sum(r["step"] >= 4 for r in finals) >= 2:
-                break
+                return True
             assert driver.poll() is None, f"the driver ended early (exit {driver.returncode})"
-            time.sleep(0.5)
-        else:
+            return False
+
+        if not wait_until(midway, 600, interval=0.5):
             pytest.fail("the study made no progress")
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -143,13 +149,6 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
         assert sorted(m.step for m in history) == list(range(2, rows[-1]["step"] + 1, 2))
 
 
-def _trial_workers(ray_root: str) -> list[int]:
-    """PIDs of Ray's trial worker processes started under this test's Ray temp root. A trial worker's title is its
-    class (`ray::ResourceTrainable.train`, the class Tune wraps ours in) while it runs a task, and its instance's
-    repr (`ray::PTPlusTrial`) between tasks."""
-    return ray_workers(ray_root, (b"ray::ResourceTrainable", b"ray::PTPlusTrial"))
-
-
 # A worker's retry does not depend on where Optuna keeps its study (the killed-study test covers both stores).
 @pytest.mark.parametrize("optuna_storage", ["sqlite"], indirect=True)
 def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_trial, tracking_server,
@@ -168,13 +167,12 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
                                "--no-register", *(["--optuna-storage", flag] if flag else [])],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
+        def evaluated():
             rows = next(iter(trial_results(study).values()), [])
-            if rows and rows[-1]["step"] >= every and _trial_workers(env["RAY_TMPDIR"]):
-                break
-            time.sleep(0.1)
-        else:
+            return rows if rows and rows[-1]["step"] >= every and _trial_workers(env["RAY_TMPDIR"]) else None
+
+        rows = wait_until(evaluated, 300, interval=0.1)
+        if rows is None:
             pytest.fail("the trial never got going")
         killed_at = rows[-1]["step"]
         for pid in _trial_workers(env["RAY_TMPDIR"]):
@@ -220,89 +218,6 @@ def test_service_errors_are_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
-    proc = run_cli(["--space", "default", "--num-samples", "7", "--dry-run", "--storage-path", str(tmp_path)],
-                    ray_env())
-    assert proc.returncode == 0, proc.stderr
-    assert "num_samples: 7" in proc.stdout and "ASHA may stop trials at steps [10, 30]" in proc.stdout
-    assert "trials evaluate at steps [10, 30, 60]" in proc.stdout and "dead trials" in proc.stdout
-    assert list(tmp_path.iterdir()) == []
-    proc = run_cli(["--space", "compare", "--dry-run", "--storage-path", str(tmp_path)], ray_env())
-    assert "balance: method" in proc.stdout
-    assert "trials take turns over method (ptplus, lora, prefix_tuning)" in proc.stdout
-    # --pack auto on CPU is a rule of the space (max_concurrent trials share a node's base model); on a GPU it needs
-    # the device's free memory, so the plan says when it will be chosen
-    proc = run_cli(["--space", "default", "--max-concurrent", "3", "--pack", "auto", "--dry-run", "--storage-path",
-                    str(tmp_path)], ray_env())
-    assert "pack: 3" in proc.stdout and "trials packed 3 to a base model" in proc.stdout, proc.stdout
-    proc = run_cli(["--space", "default", "--gpus-per-trial", "1", "--pack", "auto", "--dry-run", "--storage-path",
-                    str(tmp_path)], ray_env())
-    assert "--pack auto: trials per GPU are chosen at start" in proc.stdout, proc.stdout
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("args", [["--space", "default", "--dry-run"], ["--space", "nosuch"],
-                                  ["--space", "default", "--num-samples", "0"]])
-def test_a_plan_or_a_bad_input_answers_without_loading_the_heavy_libraries(tmp_path, args):
-    """A dry run or a one-line error loads none of torch, transformers, peft, Ray, MLflow, Optuna (~10 s)."""
-    code = ("import sys; from ptplus_tune.cli import main; rc = main(sys.argv[1:]); "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'ray', 'mlflow', 'optuna', 'datasets') "
-            "if m in sys.modules)); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, *args, "--storage-path", str(tmp_path)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == (0 if "--dry-run" in args else 2), proc.stderr
-    assert proc.stdout.splitlines()[-1] == "[]"
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_checking_a_studys_model_and_data_loads_no_training_stack(tmp_path, tiny_trial):
-    """The driver checks every trial's model and data before Ray starts, and its tracking code reads checkpoint
-    folders; neither needs torch, transformers or peft (the trials load them). Transformers and peft were ~4 s of
-    every study's start here; torch still loads later in the driver, with Tune's TensorBoard logger."""
-    code = ("import sys; from ptplus_tune.cli.tune import check_inputs; from ptplus_tune.spaces import load_space; "
-            "import ptplus_tune.tracking.pyfunc; check_inputs(load_space(sys.argv[1])); "
-            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code, space_file(tmp_path, tiny_trial)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == "[]"
-
-
-def test_a_restore_whose_checkpoint_was_replaced_continues_from_the_newer_one(tmp_path, tiny_trial):
-    """A killed driver's saved state can name a checkpoint `num_to_keep` already deleted (seen in CI): the trial
-    continues from the newer one in its folder (a non-final one before a final one, never an older leftover)
-    instead of failing."""
-    import torch
-    from ray.train._internal.session import _TrainingResult
-    from ray.tune import Checkpoint
-
-    from ptplus_tune.service.trainable import newest_checkpoint
-    from ptplus_tune.trial.layout import STATE_FILE
-
-    trial_dir = tmp_path / "trial"
-    for index, step in ((1, 2), (4, 8), (5, 10), (6, 12)):
-        (trial_dir / f"checkpoint_{index:06d}").mkdir(parents=True)
-        torch.save({"step": step}, trial_dir / f"checkpoint_{index:06d}" / STATE_FILE)
-    (trial_dir / "checkpoint_000007").mkdir()  # half-written: no state file
-    lost = trial_dir / "checkpoint_000003"
-    saved = _TrainingResult(checkpoint=Checkpoint(str(lost)), metrics={"step": 6, "training_iteration": 3})
-
-    chosen = newest_checkpoint(saved, max_steps=12)
-    assert chosen.checkpoint.path == str(trial_dir / "checkpoint_000005") and chosen.metrics == saved.metrics
-    assert lost.is_dir()  # so that Tune can delete it later without failing
-    present = _TrainingResult(checkpoint=Checkpoint(str(trial_dir / "checkpoint_000001")), metrics={})
-    assert newest_checkpoint(present, max_steps=12) is present
-    nothing = _TrainingResult(checkpoint=Checkpoint(str(tmp_path / "other" / "checkpoint_000000")), metrics={})
-    assert newest_checkpoint(nothing, max_steps=12) is nothing  # Tune then reports the missing checkpoint itself
-    # Only the final one is left (seen in CI: the driver died after the last checkpoint was persisted and the one
-    # before deleted, before Tune saved its state or the final report): continue from it; the trial reports its end
-    # again (test_trial.py::test_a_trial_restored_from_its_final_checkpoint_reports_its_end_again).
-    for index in (1, 3, 4, 5):
-        shutil.rmtree(trial_dir / f"checkpoint_{index:06d}")
-    chosen = newest_checkpoint(saved, max_steps=12)
-    assert chosen.checkpoint.path == str(trial_dir / "checkpoint_000006")
 
 
 def test_a_study_on_a_storage_uri_runs_and_resumes(tmp_path, tiny_trial):

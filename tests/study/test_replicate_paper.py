@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import study_runs
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "replicate_paper.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "replicate_paper.py"
 
 
 def _space(tmp_path, tiny_trial) -> str:

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from mlflow import MlflowClient
 from ray import tune
 
+from tests.polling import wait_until
 from tests.ray_env import kill_ray_under, ray_env, ray_workers
 from tests.studies import MAX_STEPS, check_resumed, run_cli, space_file, study_runs, trial_results
 
@@ -69,13 +69,11 @@ def test_a_host_killed_mid_step_fails_only_its_trials_which_resume_from_their_ch
                                "--no-register"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               cwd=tmp_path)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
+        def both_evaluated():
             results = trial_results(study)
-            if len(results) == 2 and all(rows[-1]["step"] >= every for rows in results.values()):
-                break
-            time.sleep(0.1)
-        else:
+            return len(results) == 2 and all(rows[-1]["step"] >= every for rows in results.values())
+
+        if not wait_until(both_evaluated, 300, interval=0.1):
             pytest.fail("the packed trials never got going")
         killed_at = {tid: rows[-1]["step"] for tid, rows in trial_results(study).items()}
         hosts = ray_workers(env["RAY_TMPDIR"], (b"ray::PackHost",))

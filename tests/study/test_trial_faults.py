@@ -82,7 +82,7 @@ def test_a_trial_that_fails_for_good_is_one_line_naming_its_error_file(local_ray
         failure_config=tune.FailureConfig(max_failures=1)))
     with caplog.at_level(logging.INFO, logger="ptplus_tune.progress"):
         grid = tuner.fit()
-    (trial_error,) = grid.errors
+    (_trial_error,) = grid.errors
     events = [r.getMessage() for r in caplog.records if r.name == "ptplus_tune.progress"]
     lines = [line for line in events if " failed (" in line]
     assert len(lines) == 2, lines

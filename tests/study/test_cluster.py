@@ -15,7 +15,7 @@ from tests.studies import space_file
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces (unshare)")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 40
 
 

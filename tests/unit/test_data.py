@@ -32,7 +32,7 @@ def test_splits_are_stable_disjoint_and_stratified():
     assert (len(a.train), len(a.validation), len(a.test)) == (45, 15, 30)
     assert Counter(e.label for e in a.test) == {"blue": 10, "green": 10, "red": 10}
     assert Counter(e.label for e in a.validation) == {"blue": 5, "green": 5, "red": 5}
-    ids = lambda split: {id(e) for e in split}  # noqa: E731 - the same objects, so identity tells overlap
+    ids = lambda split: {id(e) for e in split}
     assert not ids(a.train) & ids(a.test) and not ids(a.train) & ids(a.validation)
     assert a.labels == ["blue", "green", "red"]
 
@@ -84,10 +84,10 @@ def test_label_that_is_not_a_string_is_refused(tmp_path):
 def test_missing_data_file_and_model_path_are_clear_errors(tmp_path):
     with pytest.raises(PTPlusError, match="does not exist"):
         load_labelled(str(tmp_path / "nope.jsonl"))
-    with pytest.raises(PTPlusError, match="model path .* does not exist"):
+    with pytest.raises(PTPlusError, match=r"model path .* does not exist"):
         resolve_model(str(tmp_path / "missing-model"))
     (tmp_path / "weights.bin").write_text("x")
-    with pytest.raises(PTPlusError, match="not a .gguf file"):
+    with pytest.raises(PTPlusError, match=r"not a \.gguf file"):
         resolve_model(str(tmp_path / "weights.bin"))
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import search_efficiency  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import search_efficiency
 
-from tests.ray_env import ray_env  # noqa: E402
+from tests.ray_env import ray_env
 
 
 def _table():

@@ -10,6 +10,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
+from tests.polling import wait_until
 from tests.ray_env import kill_ray_under, processes_under, ray_env
 from tests.studies import run_cli, space_file, study_runs, trial_results
 
@@ -24,22 +25,19 @@ def _start(tmp_path, tiny_trial, tracking_server, name):
                                str(tmp_path / "results"), "--name", name, "--tracking-uri", tracking_server,
                                "--registered-model", f"reg-{name}"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # both concurrent trials have evaluated at least once
+    def both_evaluated():  # both concurrent trials have evaluated at least once
         results = trial_results(tmp_path / "results" / name)
-        if len(results) == 2 and all(rows[-1]["step"] >= EVERY for rows in results.values()):
-            return env, driver
-        time.sleep(0.2)
+        return len(results) == 2 and all(rows[-1]["step"] >= EVERY for rows in results.values())
+
+    if wait_until(both_evaluated, 300):
+        return env, driver
     driver.kill()
     kill_ray_under(env["RAY_TMPDIR"])
     pytest.fail("the study never got going")
 
 
 def _nothing_left(root: str, within: float = 30.0) -> bool:
-    deadline = time.time() + within
-    while processes_under(root) and time.time() < deadline:
-        time.sleep(0.5)
-    return not processes_under(root)
+    return bool(wait_until(lambda: not processes_under(root), within, interval=0.5))
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -94,7 +92,7 @@ def test_a_second_signal_quits_at_once(tmp_path, tiny_trial, tracking_server):
         driver.send_signal(signal.SIGINT)
         time.sleep(0.3)  # two signals close together can reach Python's handler as one
         driver.send_signal(signal.SIGINT)
-        out, err = driver.communicate(timeout=60)
+        _out, err = driver.communicate(timeout=60)
         assert driver.returncode == 130, err[-3000:]
         assert "SIGINT again: quitting now. Continue it with: ptplus-tune --resume twice" in err
         assert _nothing_left(env["RAY_TMPDIR"]), "Ray processes outlived the driver"

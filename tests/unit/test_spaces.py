@@ -126,7 +126,7 @@ def _check_balance(tmp_path, optuna_storage):
     assert spec.balance == "method"
     searcher = build_searcher(spec, "s", tmp_path / "study", optuna_storage).searcher  # the OptunaSearch inside
     configs = [searcher.suggest(f"t{i}") for i in range(spec.num_samples)]
-    for i, config in enumerate(configs):
+    for i in range(len(configs)):
         searcher.on_trial_complete(f"t{i}", {"eval_accuracy": 0.5})
     methods = [c["method"] for c in configs]
     assert methods == ["ptplus", "lora", "prefix_tuning"] * 2 + ["ptplus"]
@@ -145,7 +145,7 @@ def test_a_built_wheel_ships_the_spaces(tmp_path):
     import zipfile
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path), str(root)], check=True, capture_output=True)
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
@@ -194,7 +194,7 @@ def test_startup_trials_and_the_dead_trial_rule_are_settings(tmp_path):
                              trial={"max_steps": 40}))
     assert spec.n_startup_trials == 3 and spec.rungs == [5, 15]
     assert spec.trial_policy() == {"eval_steps": [5, 15], "dead_trial_step": None}
-    with pytest.raises(PTPlusError, match="scheduler.dead_trials: must be true or false"):
+    with pytest.raises(PTPlusError, match=r"scheduler\.dead_trials: must be true or false"):
         load_space(_write(tmp_path, base, scheduler={"dead_trials": "yes"}))
 
 
