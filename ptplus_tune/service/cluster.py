@@ -50,11 +50,26 @@ def connect(address: str | None) -> str:
         return f"Ray cluster at {address}"
     # A new single-node instance only needs loopback: keep it off the machine's network interfaces.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # Ray turns token authentication on for a new local instance and warns about it at every start; asking for it
-    # explicitly keeps the protection (a token in ~/.ray/auth_token, made on first use) without the warning.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    _quiet_token_notice()
     ray.init(include_dashboard=False, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     return "a new local Ray instance"
+
+
+class _TokenNotice(logging.Filter):
+    """Ray turns token authentication on for a new local instance (a token in ~/.ray/auth_token, made on first use)
+    and warns about it at every start. The protection stays; the warning becomes one INFO line (shown with -v)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Token authentication is enabled for this Ray cluster"):
+            log.info("Ray token authentication is on for this local instance (token in ~/.ray/auth_token)")
+            return False
+        return True
+
+
+def _quiet_token_notice() -> None:
+    token_setup = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in token_setup.filters):
+        token_setup.addFilter(_TokenNotice())
 
 
 def check_gpus(gpus_per_trial: float) -> None:

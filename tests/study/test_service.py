@@ -239,3 +239,19 @@ def test_a_study_on_a_storage_uri_runs_and_resumes(tmp_path, tiny_trial):
     assert f"optuna study: optuna-dashboard {optuna_db}" in first.stdout
     assert again.returncode == 0, again.stderr[-3000:]  # a finished study: nothing to run, logged again
     assert "2 trials" in again.stdout and f"optuna-dashboard {optuna_db}" in again.stdout
+
+
+def test_a_new_local_ray_keeps_token_auth_without_its_warning(tmp_path):
+    """Ray turns token authentication on for a new local instance and warns about it at every start; a study's
+    local Ray keeps the protection (a token is made and used) without the warning."""
+    env = {k: v for k, v in ray_env(HOME=str(tmp_path)).items() if k != "RAY_AUTH_MODE"}
+    code = ("import os, ray\nfrom ptplus_tune.service import connect\nprint(connect(None))\n"
+            "print(os.environ['RAY_AUTH_MODE'], ray.get(ray.remote(lambda: 41 + 1).remote()))\nray.shutdown()")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        kill_ray_under(env["RAY_TMPDIR"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["a new local Ray instance", "token 42"]  # on, and tasks run
+    assert "Token authentication" not in proc.stderr, proc.stderr
+    assert (tmp_path / ".ray" / "auth_token").is_file()
