@@ -20,7 +20,29 @@ _LORA_TARGETS = {**{kind: ["q_proj", "v_proj"] for kind in LLAMA_FAMILY}, "gpt2"
 
 
 def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Module:
-    """Freeze `model` and wrap it with the adapter `hyperparameters["method"]` names (other keys are ignored)."""
+    """Freeze `model` and wrap it with the adapter `hyperparameters["method"]` names: how a trial builds any method
+    from the flat hyperparameter names of a search space.
+
+    Args:
+        model (`nn.Module`): a causal LM of a supported architecture.
+        hyperparameters (`Mapping[str, Any]`): `method` (`ptplus` | `lora` | `prefix_tuning`) and that method's
+            settings (`feature_map`, `memory`, `prefix_length`, `feature_dim`; `lora_r`, `lora_alpha`,
+            `lora_dropout`; `prefix_length`). Missing ones take the defaults of `adapter.hyperparameters.DEFAULTS`;
+            other keys (learning rate, batch size, ...) are ignored.
+
+    Returns:
+        `nn.Module`: a `PTPlusModel` or a `peft.PeftModel`.
+
+    Raises:
+        `PTPlusError`: an unknown method, a bad setting or an unsupported architecture, before anything is built.
+
+    Example:
+
+    ```py
+    >>> lora = build_adapter(base, {"method": "lora", "lora_r": 8})
+    >>> ptplus = build_adapter(other_base, {"method": "ptplus", "feature_map": "gelu", "prefix_length": 32})
+    ```
+    """
     hp = check_hyperparameters(hyperparameters)
     method = hp["method"]
     if method == "ptplus":
@@ -41,7 +63,16 @@ def build_adapter(model: nn.Module, hyperparameters: Mapping[str, Any]) -> nn.Mo
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Wrap `model` with a saved adapter of any method (frozen, for inference): PT+ or PEFT, told by its config."""
+    """Wrap `model` with a saved adapter of any method, frozen, for inference.
+
+    Args:
+        model (`nn.Module`): the base model the adapter was trained on.
+        directory (`str | os.PathLike`): a folder with `adapter_config.json` (PT+ or PEFT, told by its
+            `peft_type`) and the adapter's weights, e.g. `adapter/` of a trial checkpoint or of `ptplus-tune train`.
+
+    Returns:
+        `nn.Module`: a `PTPlusModel` or a `peft.PeftModel`.
+    """
     config = Path(directory) / CONFIG_NAME
     if not config.is_file():
         raise PTPlusError(f"{directory} is not an adapter folder (no {CONFIG_NAME})")
@@ -53,4 +84,5 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
 
 
 def count_trainable_parameters(model: nn.Module) -> int:
+    """The number of parameters that require grad (an adapter's size: the `trainable_params` metric)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -61,6 +61,11 @@ class AdapterAPI:
 
 
 class PTPlusModel(AdapterAPI, nn.Module):
+    """A frozen causal LM with Prefix-Tuning+ memories in its attention layers (`ptplus_tune.adapter.layer`); build
+    it with `get_ptplus_model`, reload a saved one with `PTPlusModel.from_pretrained(base_model, directory)`.
+    `save_pretrained` writes the adapter only; `effective_memory()` returns each layer's M; `unload()` hands the
+    base model back untouched."""
+
     def __init__(self, base_model: nn.Module, config: PTPlusConfig):
         super().__init__()
         self.base_model = base_model
@@ -122,7 +127,28 @@ class PTPlusModel(AdapterAPI, nn.Module):
 
 
 def get_ptplus_model(model: nn.Module, config: PTPlusConfig) -> PTPlusModel:
-    """Freeze `model`, inject Prefix-Tuning+ as `config` says, return the wrapper (which still `generate()`s)."""
+    """Freeze `model` and inject Prefix-Tuning+ into its attention layers, as PEFT's `get_peft_model` does for its
+    methods.
+
+    Args:
+        model (`nn.Module`): a causal LM of a supported architecture (Llama, Mistral, Qwen2, Qwen3, GPT-2). Its
+            weights are frozen in place.
+        config (`PTPlusConfig`): feature map, memory kind, prefix length, feature dimension and layers.
+
+    Returns:
+        `PTPlusModel`: the wrapper. Only the adapter's parameters require grad; with a fresh adapter (M = 0) it
+        computes exactly what `model` does; `forward` and `generate` work as before, KV cache included.
+
+    Example:
+
+    ```py
+    >>> from transformers import AutoModelForCausalLM
+    >>> from ptplus_tune.adapter import PTPlusConfig, get_ptplus_model
+    >>> base = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+    >>> model = get_ptplus_model(base, PTPlusConfig(feature_map="elu", memory="slots", prefix_length=16))
+    >>> model.save_pretrained("adapter/")  # adapter_config.json + adapter_model.safetensors
+    ```
+    """
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     return PTPlusModel(model, config)

@@ -100,10 +100,36 @@ def build_scheduler(spec: StudySpec):
 def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
               trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2,
               tracking=None, stop=None, optuna_storage: str | None = None) -> StudyResult:
-    """Run (or with `resume`, continue) the study `name` under `storage_path`. Ray must be initialised.
-    `tracking`: a `ptplus_tune.tracking.Target`; each trial then writes its own MLflow run. `stop`: a Tune stopping
-    condition (e.g. a `tune.Stopper`), for benchmarks that end a study once a target is reached. `optuna_storage`:
-    an RDB URL for the Optuna study of a new study (default: `optuna.db` in its folder; see service.optuna_store)."""
+    """Run (or continue) a study on Ray Tune: OptunaSearch proposes, ASHA stops, every trial checkpoints at each
+    evaluation. Ray must be initialised (`ptplus_tune.service.connect`).
+
+    Args:
+        spec (`StudySpec`): the study specification (`ptplus_tune.spaces.load_space`).
+        name (`str`): the study's name; its state is `storage_path/name`.
+        storage_path (`str`): a local folder (shared by every node on a cluster) or a URI Ray Tune accepts.
+        resume (`bool`): continue the stopped study `name` instead of starting a new one.
+        trainable (`Callable`, optional): Tune's trainable instead of PTPlusTrial (benchmarks replay stored curves).
+        callbacks (`Sequence`): more Tune callbacks.
+        max_failures (`int`): retries of a failed trial, each from its last checkpoint.
+        tracking (`ptplus_tune.tracking.Target`, optional): each trial then writes its own MLflow run.
+        stop (optional): a Tune stopping condition, e.g. a `tune.Stopper` that ends the study at a target.
+        optuna_storage (`str`, optional): an RDB URL for a new study's Optuna study (default: `optuna.db` in its
+            folder).
+
+    Returns:
+        `StudyResult`: every trial's configuration, last report, status and checkpoint; `best` and `ranked` by the
+        space's metric; `interrupted` says what stopped it early (SIGINT, SIGTERM, low disk), if anything did.
+
+    Example:
+
+    ```py
+    >>> from ptplus_tune.service import connect, run_study
+    >>> from ptplus_tune.spaces import load_space
+    >>> connect(None)  # a new local Ray instance, or the running cluster
+    >>> result = run_study(load_space("quick"), "first-look", "ptplus_results")
+    >>> result.best.config
+    ```
+    """
     import ray
     from ray import tune
 

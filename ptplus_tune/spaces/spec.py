@@ -172,7 +172,27 @@ def shipped_spaces() -> dict[str, Path]:
 
 
 def load_space(name_or_path: str) -> StudySpec:
-    """A shipped space by name (see `shipped_spaces`) or a YAML file by path."""
+    """Read and check a study specification.
+
+    Args:
+        name_or_path (`str`): a shipped space's name (`default`, `quick`, `compare`, `full`: see `shipped_spaces`)
+            or the path of a YAML file in the format of `search_spaces/README.md`.
+
+    Returns:
+        `StudySpec`: the parameters, budget, sampler, scheduler, resources and fixed trial settings, validated.
+
+    Raises:
+        `PTPlusError`: an unknown name, a file that is not YAML, or a setting a trial would reject; the message
+            names the file and the key.
+
+    Example:
+
+    ```py
+    >>> spec = load_space("default")
+    >>> spec.num_samples, spec.metric, spec.rungs
+    (16, 'eval_accuracy', [10, 30])
+    ```
+    """
     path = Path(name_or_path).expanduser()
     if not path.suffix and not path.exists():
         shipped = shipped_spaces()

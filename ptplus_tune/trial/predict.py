@@ -32,6 +32,22 @@ def task_description(config: TrialConfig, labels: Sequence[str]) -> dict[str, An
 
 
 class Predictor:
+    """A trained adapter on its base model, answering as the trial's evaluation did.
+
+    Build it with `Predictor.from_files(adapter_dir, task_file)`: `task.json` (written beside the adapter in every
+    checkpoint and by `ptplus-tune train`) names the base model, labels and prompt. The pyfunc model that MLflow
+    logs for each trial wraps one of these.
+
+    Example:
+
+    ```py
+    >>> from ptplus_tune.trial import Predictor
+    >>> predictor = Predictor.from_files("outputs/t1/adapter", "outputs/t1/task.json", device="cpu")
+    >>> predictor.predict(["Shares in the carmaker fell 5% after ..."])[0]["label"]
+    'business'
+    ```
+    """
+
     def __init__(self, model, tokenizer, task: dict[str, Any], device: torch.device):
         self.model, self.task, self.device = model, task, device
         self.labels: list[str] = task["labels"]
@@ -56,8 +72,16 @@ class Predictor:
                             self.device)
 
     def predict(self, texts: Sequence[str], max_new_tokens: int = 0) -> list[dict[str, Any]]:
-        """Per text: the most likely `label`, every label's log-likelihood (`scores`) and, with `max_new_tokens`,
-        the greedy continuation (`generated`)."""
+        """Classify texts.
+
+        Args:
+            texts (`Sequence[str]`): the inputs, as the prompt template's `{text}`.
+            max_new_tokens (`int`): also decode this many tokens greedily after each prompt (0: none).
+
+        Returns:
+            `list[dict]`: per text, the most likely `label`, every label's log-likelihood (`scores`) and, with
+            `max_new_tokens`, the greedy continuation (`generated`).
+        """
         scores = self.scores(texts)
         rows = [{"label": self.labels[int(row.argmax())], "scores": dict(zip(self.labels, row.tolist()))}
                 for row in scores]
