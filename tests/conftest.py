@@ -64,6 +64,20 @@ def constant_text_data(tmp_path_factory):
     return str(path)
 
 
+def generation_rows(n: int = 90, seed: int = 0):
+    """Prompt → completion pairs in the tiny model's vocabulary: the completion is the colour class of the prompt's
+    colour word and a full stop (two tokens and EOS)."""
+    return [{"prompt": f"Text : {row['text']} Label :", "completion": f"{row['label']} ."}
+            for row in synthetic_rows(n, seed)]
+
+
+@pytest.fixture(scope="session")
+def generation_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "colours-gen.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in generation_rows()) + "\n")
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     import torch

@@ -68,6 +68,9 @@ def cmd_predict(args) -> int:
         if args.json:
             print(json.dumps({"text": text, **row}))
             continue
+        if "completion" in row:  # a generative adapter
+            print(row["completion"])
+            continue
         scores = "  ".join(f"{label} {value:.3f}" for label, value in row["scores"].items())
         print(f"{row['label']}\t{scores}" + (f"\tgenerated: {row['generated']!r}" if "generated" in row else ""))
     return 0

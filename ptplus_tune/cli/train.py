@@ -94,8 +94,8 @@ def cmd_train(args) -> int:
 
     def report(metrics: dict, checkpoint: str | None) -> None:
         if bars:
-            bars[0].set_postfix(train_loss=f"{metrics['train_loss']:.3f}", eval_loss=f"{metrics['eval_loss']:.3f}",
-                                eval_acc=f"{metrics['eval_accuracy']:.3f}")
+            task_metric = "eval_accuracy" if "eval_accuracy" in metrics else "eval_exact_match"
+            bars[0].set_postfix({key: f"{metrics[key]:.3f}" for key in ("train_loss", "eval_loss", task_metric)})
         if checkpoint:
             target = partial / "checkpoint"
             shutil.rmtree(target, ignore_errors=True)
@@ -122,9 +122,10 @@ def cmd_train(args) -> int:
     shutil.rmtree(partial, ignore_errors=True)
 
     final = result.metrics
-    print(f"done in {time.time() - started:.0f} s: step {final['step']}  eval_accuracy {final['eval_accuracy']:.3f}  "
-          f"eval_loss {final['eval_loss']:.4f}" + (f"  test_accuracy {final['test_accuracy']:.3f}"
-                                                   if "test_accuracy" in final else ""))
+    figures = "  ".join(f"{key} {final[key]:.3f}" for key in ("eval_accuracy", "eval_exact_match") if key in final)
+    figures += f"  eval_loss {final['eval_loss']:.4f}"
+    figures += "".join(f"  {key} {final[key]:.3f}" for key in ("test_accuracy", "test_exact_match") if key in final)
+    print(f"done in {time.time() - started:.0f} s: step {final['step']}  {figures}")
     print(f"trainable params {final['trainable_params']:,}  tokens/s {final['tokens_per_s']:.0f}  "
           f"peak mem {final['peak_mem_mb']:.0f} MB")
     print(f"adapter: {output / 'adapter'}")

@@ -45,7 +45,12 @@ def build_tune_parser() -> argparse.ArgumentParser:
                         "[from the space, else 1]")
     parser.add_argument("--seed", type=int, help="TPE seed [from the space]")
     parser.add_argument("--model", help="base model for every trial (folder, .gguf or hub id) [from the space]")
-    parser.add_argument("--dataset", help="dataset for every trial [from the space]")
+    parser.add_argument("--dataset", help="dataset for every trial: classification (text, label) or generation "
+                        "(prompt, completion; or messages) data, told by its columns [from the space]")
+    parser.add_argument("--task", choices=("classification", "generation"), help="force the task instead of "
+                        "telling it from the data's columns")
+    parser.add_argument("--prompt-column", help="generation data's prompt column [prompt]")
+    parser.add_argument("--completion-column", help="generation data's completion column [completion]")
     parser.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, a running `ray start`/`ray up` "
                         "cluster, else a new local instance]")
     parser.add_argument("--storage-path", default=os.environ.get("PTPLUS_STORAGE_PATH", "ptplus_results"),
@@ -84,7 +89,7 @@ def _apply_overrides(spec, args) -> bool:
     if args.cpus_per_trial is not None:
         spec.resources.cpus = args.cpus_per_trial
     pending = resolve_pack(spec, args.pack, measure=False)
-    for key in ("model", "dataset"):
+    for key in ("model", "dataset", "task", "prompt_column", "completion_column"):
         if getattr(args, key) is not None:
             spec.trial[key] = getattr(args, key)
     validate(spec)
@@ -167,15 +172,27 @@ def compare_link(uri: str, experiment_id: str, run_ids: list[str]) -> str:
 
 def check_inputs(spec) -> None:
     """The model and data every trial will load, checked once here so that a bad file is one line before Ray
-    starts, not a failure per trial."""
+    starts, not a failure per trial. A space that optimises the other task's metric (`eval_accuracy` on generation
+    data, the shipped spaces' default) is switched to this task's, with a note."""
+    from ptplus_tune.data.datasets import GENERATION
     from ptplus_tune.data.models import resolve_model
+    from ptplus_tune.spaces.spec import TASK_METRICS
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.host import load_splits
 
     config = TrialConfig.from_dict(spec.trial, where=spec.source)
     if config.model is not None:
         resolve_model(config.model)
-    load_splits(config)
+    splits = load_splits(config)
+    if splits.task == GENERATION:  # (loads the tokenizer: classification data is checked without transformers)
+        from ptplus_tune.trial.tasks import check_generation
+
+        check_generation(config, splits)
+    wanted, other = TASK_METRICS[splits.task], [m for t, m in TASK_METRICS.items() if t != splits.task]
+    if spec.metric in other:
+        print(f"note: {config.dataset} is a {splits.task} task; the study optimises {wanted} instead of "
+              f"{spec.metric}", file=sys.stderr)
+        spec.metric, spec.mode = wanted, "max"
 
 
 def _tracked(action, uri: str, name: str, storage_path: str):

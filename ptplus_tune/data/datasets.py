@@ -22,12 +22,17 @@ class Example:
     label: str
 
 
+CLASSIFICATION, GENERATION = "classification", "generation"
+TASKS = (CLASSIFICATION, GENERATION)
+
+
 @dataclass
 class Splits:
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
-    labels: list[str]  # every class, sorted: the candidates scored at evaluation
+    train: list  # Example (classification) or Pair (generation, ptplus_tune.data.generation)
+    validation: list
+    test: list
+    labels: list[str]  # classification: every class, sorted (the candidates scored at evaluation); generation: none
+    task: str = CLASSIFICATION
 
 
 def bbc_news() -> list[Example]:
@@ -44,7 +49,7 @@ def bbc_news() -> list[Example]:
     ]
 
 
-def _examples(rows, text_column: str, label_column: str, where: str) -> list[Example]:
+def examples_from(rows, text_column: str, label_column: str, where: str) -> list[Example]:
     missing = [c for c in (text_column, label_column) if c not in rows.column_names]
     if missing:
         raise PTPlusError(f"{where} has no column {missing[0]!r}; its columns are: {', '.join(rows.column_names)} "
@@ -68,6 +73,13 @@ def load_labelled(dataset: str, text_column: str = "text", label_column: str = "
     """Examples per predefined split name ("all" when the source has no splits of its own)."""
     if dataset == EMBEDDED_DATASET:
         return {"all": bbc_news()}
+    return {name: examples_from(rows, text_column, label_column, where)
+            for name, (rows, where) in load_tables(dataset).items()}
+
+
+def load_tables(dataset: str) -> dict[str, tuple]:
+    """A local json/jsonl/csv file or a `datasets` hub name as (table, where-to-say-it-is) per predefined split
+    name ("all" when the source has no splits of its own)."""
     import datasets as hf_datasets
 
     path = Path(dataset).expanduser()
@@ -76,12 +88,12 @@ def load_labelled(dataset: str, text_column: str = "text", label_column: str = "
             raise PTPlusError(f"data file {dataset} does not exist")
         if path.suffix not in _LOCAL_FORMATS:
             raise PTPlusError(f"data file {dataset}: use .json, .jsonl or .csv")
-        return {"all": _examples(_read_local(path, dataset), text_column, label_column, dataset)}
+        return {"all": (_read_local(path, dataset), dataset)}
     try:
         loaded = hf_datasets.load_dataset(dataset)
     except Exception as exc:  # datasets raises many types for a bad name or no network
         raise PTPlusError(f"could not load dataset {dataset!r}: {first_line(exc, limit=1000)}") from exc
-    return {name: _examples(rows, text_column, label_column, f"{dataset}[{name}]") for name, rows in loaded.items()}
+    return {name: (rows, f"{dataset}[{name}]") for name, rows in loaded.items()}
 
 
 def _read_local(path: Path, where: str):

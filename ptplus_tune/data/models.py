@@ -85,6 +85,21 @@ def resolve_model(name: str | None) -> tuple[str, str | None]:
     return name, None  # a hub id
 
 
+def load_tokenizer(name: str | None):
+    """The tokenizer of a `--model` value alone (checking generative data needs it; the model waits for the trials),
+    with a pad token."""
+    from transformers import AutoTokenizer
+
+    source, gguf_file = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as exc:
+        raise PTPlusError(f"could not load the tokenizer of model {name!r}: {first_line(exc, limit=1000)}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_base_model(name: str | None, device: str = "cpu", dtype: torch.dtype | None = None):
     """(model, tokenizer) in eval mode, on `device`, in `dtype` (default float32); the tokenizer always has a pad
     token."""

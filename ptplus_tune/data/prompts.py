@@ -1,4 +1,5 @@
-"""Prompts and tokenisation for generative classification: the target is the class word after the prompt.
+"""Prompts and tokenisation. Classification: the target is the class word after the prompt. Generation: the target
+is the completion and EOS after the prompt (CompletionEncoder).
 
 Prompt and target are tokenised separately and concatenated, so training and label scoring see the same token
 boundary. The text is truncated (never the template or the target) to fit `max_length`.
@@ -63,6 +64,55 @@ class PromptEncoder:
         target = self.target_ids(label)
         prompt = self.prompt_ids(text, room_for=len(target))
         return Encoded(prompt + target, len(prompt))
+
+
+class CompletionEncoder:
+    """Prompt → completion tokenisation for generative tasks: the prompt as given, or a chat's turns rendered with the
+    tokenizer's chat template (generation prompt included); then the completion and EOS, the only tokens the loss
+    counts. A prompt too long for `max_length` loses its start, never the completion (`truncated` counts the
+    prompts cut); a completion that does not fit on its own is bad input."""
+
+    def __init__(self, tokenizer, max_length: int):
+        if tokenizer.eos_token_id is None:
+            raise PTPlusError("the model's tokenizer has no EOS token; a completion needs one to end")
+        self.tokenizer, self.max_length, self.eos = tokenizer, max_length, tokenizer.eos_token_id
+        bos = tokenizer.bos_token_id
+        with_special = tokenizer("x")["input_ids"]
+        self._bos = [bos] if bos is not None and with_special and with_special[0] == bos else []
+        self.truncated: set = set()
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, pair, room_for: int = 0) -> list[int]:
+        """The prompt's tokens, cut at the start to leave `room_for` tokens within max_length."""
+        if pair.chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise PTPlusError("conversational data (messages) needs a tokenizer with a chat template, and this "
+                                  "model's has none; use prompt / completion columns")
+            text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in pair.prompt],
+                                                      tokenize=False, add_generation_prompt=True)
+        else:
+            text = pair.prompt
+        ids = self._ids(text)
+        head = [] if ids[:1] == self._bos else self._bos  # a chat template may write the BOS itself
+        budget = self.max_length - len(head) - room_for
+        if len(ids) > budget:
+            self.truncated.add(pair)
+            ids = ids[len(ids) - budget:] if budget > 0 else []
+        return head + ids
+
+    def completion_ids(self, completion: str) -> list[int]:
+        return [*self._ids(completion), self.eos]
+
+    def encode(self, pair) -> Encoded:
+        completion = self.completion_ids(pair.completion)
+        if len(completion) + len(self._bos) + 1 > self.max_length:
+            raise PTPlusError(f"{pair.where or 'data'}: a completion of {len(completion)} tokens (EOS included) leaves "
+                              f"no room for its prompt within max_length={self.max_length}; raise max_length or "
+                              f"shorten it")
+        prompt = self.prompt_ids(pair, room_for=len(completion))
+        return Encoded(prompt + completion, len(prompt))
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -135,7 +135,11 @@ class PTPlusTrial(tune.Trainable):
         self._begin()
         # Done already: restored from its final checkpoint (see newest_checkpoint); report its end once more.
         metrics = self.session.report_again() if self.session.done else self.session.advance()
+        # Rows beside the figures (a generative task's predictions) go to MLflow as tables, not to Tune's results.
+        tables = {key: metrics.pop(key) for key in [k for k, v in metrics.items() if isinstance(v, list)]}
         if self.run is not None:
+            for name, rows in tables.items():
+                self._track(lambda name=name, rows=rows: self.run.log_table(name, rows, int(metrics["step"])))
             self._track(lambda: self.run.log_metrics(metrics))
         if self.run is not None and self.session.step >= self.trial_config.max_steps:
             self._track(self._log_adapter)

@@ -21,7 +21,8 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.config import TrialConfig, read_yaml
 
 PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
-METRICS = ("eval_accuracy", "eval_loss", "train_loss")
+METRICS = ("eval_accuracy", "eval_exact_match", "eval_loss", "train_loss")
+TASK_METRICS = {"classification": "eval_accuracy", "generation": "eval_exact_match"}  # what each task reports
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
 _STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "sampler",
                "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}

@@ -49,6 +49,15 @@ class TrialRun:
         if evaluation:
             self.logged_step = step
 
+    def log_table(self, name: str, rows: list[dict], step: int) -> None:
+        """Rows an evaluation produced besides its figures (a generative task's predictions beside their
+        references) as an MLflow table artifact `name/step_NNNNNN.json`, which the run's page shows; once per step."""
+        if step <= self.logged_step or not rows:
+            return
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=f"{name}/step_{step:06d}.json")
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)

@@ -12,7 +12,7 @@ import yaml
 
 from ptplus_tune.adapter.hyperparameters import DEFAULTS as ADAPTER_DEFAULTS
 from ptplus_tune.adapter.hyperparameters import check_hyperparameters
-from ptplus_tune.data.datasets import EMBEDDED_DATASET
+from ptplus_tune.data.datasets import EMBEDDED_DATASET, TASKS
 from ptplus_tune.data.prompts import DEFAULT_PROMPT, DEFAULT_TARGET
 from ptplus_tune.errors import PTPlusError, first_line
 
@@ -23,6 +23,8 @@ HYPERPARAMETERS = (
 
 EVALUATION_INPUTS = ("model", "dataset", "text_column", "label_column", "validation_size", "test_size", "data_seed",
                      "prompt_template", "target_template", "max_length")
+# ... and, where they differ from their defaults (so a classification study's inputs are what they always were):
+GENERATION_INPUTS = ("task", "prompt_column", "completion_column", "max_new_tokens", "scorer")
 
 
 @dataclass
@@ -45,14 +47,19 @@ class TrialConfig:
     max_steps: int = 60
     max_length: int = 96
     seed: int = 0
-    # model and data (None: the embedded default model)
+    # model and data (None: the embedded default model); the task (classification | generation) is detected from
+    # the data's columns unless `task` forces it
     model: str | None = None
     dataset: str = EMBEDDED_DATASET
+    task: str | None = None
     text_column: str = "text"
     label_column: str = "label"
     prompt_template: str = DEFAULT_PROMPT
     target_template: str = DEFAULT_TARGET
-    k_shot: int | None = 4
+    k_shot: int | None = 4  # classification: training examples per class (None: the whole training split)
+    prompt_column: str = "prompt"  # generation: prompt-completion columns (or a `messages` column)
+    completion_column: str = "completion"
+    train_size: int | None = None  # generation: training examples (None: the whole training split)
     validation_size: int = 150
     test_size: int = 300
     data_seed: int = 0
@@ -65,13 +72,15 @@ class TrialConfig:
     eval_batch_size: int = 16
     eval_test: bool = False
     eval_generate: bool = False
+    max_new_tokens: int | None = None  # generation: tokens decoded at most (None: longest reference + a margin)
+    scorer: str | None = None  # generation: module:function(prediction, reference) -> [0, 1] (None: exact match)
     device: str = "auto"
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("prefix_length", "lora_r", "batch_size", "grad_accum", "max_steps", "max_length", "log_every",
                     "eval_batch_size", "validation_size", "test_size")
-        optional = ("eval_every", "dead_trial_step")
+        optional = ("eval_every", "dead_trial_step", "train_size", "max_new_tokens")
         for name in positive + optional:
             value = getattr(self, name)
             if name in optional and value is None:
@@ -100,6 +109,9 @@ class TrialConfig:
             raise PTPlusError(f"prompt_template must contain {{text}} exactly once: {self.prompt_template!r}")
         if not isinstance(self.target_template, str) or "{label}" not in self.target_template:
             raise PTPlusError(f"target_template must contain {{label}}: {self.target_template!r}")
+        if self.task is not None and self.task not in TASKS:
+            raise PTPlusError(f"task must be {' or '.join(TASKS)} (or unset: detected from the data), got "
+                              f"{self.task!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise PTPlusError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         check_hyperparameters(self.hyperparameters())  # adapter settings fail here, before a model is loaded
@@ -112,7 +124,11 @@ class TrialConfig:
         """What an evaluation's figures depend on besides the adapter: base model, data, splits and prompt. Trials
         that agree on these are evaluated on the same examples (a pack evaluates them in shared passes; the registry
         compares only champions whose evaluations agree)."""
-        return {name: getattr(self, name) for name in EVALUATION_INPUTS}
+        inputs = {name: getattr(self, name) for name in EVALUATION_INPUTS}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        inputs.update({name: getattr(self, name) for name in GENERATION_INPUTS
+                       if getattr(self, name) != defaults[name]})
+        return inputs
 
     def hyperparameters(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in HYPERPARAMETERS}

@@ -9,6 +9,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ptplus_tune.data import Splits, load_labelled, make_splits
+from ptplus_tune.data.datasets import CLASSIFICATION, EMBEDDED_DATASET, GENERATION, examples_from, load_tables
+from ptplus_tune.data.generation import detect_task, make_generation_splits, pairs_from
+from ptplus_tune.errors import PTPlusError
 
 if TYPE_CHECKING:  # a study's driver checks its data with load_splits: no torch there
     import torch
@@ -36,8 +39,9 @@ class ModelHost:
         return self._models[key]
 
     def splits(self, config) -> Splits:
-        key = (config.dataset, config.text_column, config.label_column, config.validation_size, config.test_size,
-               config.k_shot, config.data_seed)
+        key = (config.dataset, config.task, config.text_column, config.label_column, config.prompt_column,
+               config.completion_column, config.validation_size, config.test_size, config.k_shot, config.train_size,
+               config.data_seed)
         if key not in self._splits:
             self._splits[key] = load_splits(config)
             self.data_loads += 1
@@ -45,10 +49,28 @@ class ModelHost:
 
 
 def load_splits(config) -> Splits:
-    """A TrialConfig's train / validation / test examples."""
-    parts = load_labelled(config.dataset, config.text_column, config.label_column)
-    return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,
-                       where=config.dataset)
+    """A TrialConfig's train / validation / test examples: labelled texts (classification) or prompt → completion
+    pairs (generation), as `config.task` says or the data's columns tell."""
+    if config.dataset == EMBEDDED_DATASET and config.task == GENERATION:
+        raise PTPlusError(f"the embedded dataset {EMBEDDED_DATASET} is a classification task; give a generation "
+                          f"data set with --dataset")
+    if config.dataset == EMBEDDED_DATASET:
+        parts = load_labelled(config.dataset, config.text_column, config.label_column)
+        return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,
+                           where=config.dataset)
+    tables = load_tables(config.dataset)
+    rows, where = next(iter(tables.values()))
+    task = config.task or detect_task(rows.column_names, where, config.text_column, config.label_column,
+                                      config.prompt_column, config.completion_column)
+    if task == CLASSIFICATION:
+        parts = {name: examples_from(rows, config.text_column, config.label_column, where)
+                 for name, (rows, where) in tables.items()}
+        return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,
+                           where=config.dataset)
+    parts = {name: pairs_from(rows, where, config.prompt_column, config.completion_column)
+             for name, (rows, where) in tables.items()}
+    return make_generation_splits(parts, config.validation_size, config.test_size, config.train_size,
+                                  config.data_seed, where=config.dataset)
 
 
 def release(model) -> None:

@@ -181,18 +181,22 @@ class TrialPack:
         return groups
 
     def evaluate(self, keys: Iterable[Hashable]) -> dict[Hashable, dict[str, Any]]:
-        """Validation metrics of these trials; those with the same validation data and prompts share forwards."""
+        """Validation metrics of these trials; classification trials with the same validation data and prompts
+        share forwards, generative ones decode each on its own."""
         groups: dict[tuple, list[Hashable]] = {}
-        for key in keys:
-            config = self.sessions[key].config
-            shared = (*config.evaluation_inputs().values(), config.eval_batch_size)
-            groups.setdefault(shared, []).append(key)
         out = {}
+        for key in keys:
+            session = self.sessions[key]
+            if not session.kind.shared_evaluation:
+                out[key] = session.metrics(session.evaluate())
+                continue
+            shared = (*session.config.evaluation_inputs().values(), session.config.eval_batch_size)
+            groups.setdefault(shared, []).append(key)
         for members in groups.values():
-            evaluations = evaluate_each([self.sessions[k].model for k in members],
-                                        *self.sessions[members[0]].evaluation_data())
+            first = self.sessions[members[0]]
+            evaluations = evaluate_each([self.sessions[k].model for k in members], *first.evaluation_data())
             for key, evaluation in zip(members, evaluations):
-                out[key] = self.sessions[key].metrics(evaluation)
+                out[key] = self.sessions[key].metrics(first.kind.named(evaluation))
         return out
 
 

@@ -16,10 +16,14 @@ import torch
 
 from ptplus_tune.adapter import load_adapter
 from ptplus_tune.data import Example, PromptEncoder, load_base_model
+from ptplus_tune.data.datasets import GENERATION
+from ptplus_tune.data.generation import Pair
+from ptplus_tune.data.prompts import CompletionEncoder
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.device import pick_device
 from ptplus_tune.trial.evaluate import score_labels
+from ptplus_tune.trial.generate import greedy_completions
 
 
 def task_description(config: TrialConfig, labels: Sequence[str]) -> dict[str, Any]:
@@ -51,7 +55,12 @@ class Predictor:
     def __init__(self, model, tokenizer, task: dict[str, Any], device: torch.device):
         self.model, self.task, self.device = model, task, device
         self.labels: list[str] = task["labels"]
-        self.encoder = PromptEncoder(tokenizer, task["max_length"], task["prompt_template"], task["target_template"])
+        self.generative = task.get("task") == GENERATION
+        if self.generative:
+            self.encoder = CompletionEncoder(tokenizer, task["max_length"])
+        else:
+            self.encoder = PromptEncoder(tokenizer, task["max_length"], task["prompt_template"],
+                                         task["target_template"])
 
     @classmethod
     def from_files(cls, adapter_dir: str | os.PathLike, task_file: str | os.PathLike,
@@ -72,7 +81,7 @@ class Predictor:
                             self.device)
 
     def predict(self, texts: Sequence[str], max_new_tokens: int = 0) -> list[dict[str, Any]]:
-        """Classify texts.
+        """Classify texts, or for a generative adapter complete prompts (see `complete`).
 
         Args:
             texts (`Sequence[str]`): the inputs, as the prompt template's `{text}`.
@@ -80,8 +89,11 @@ class Predictor:
 
         Returns:
             `list[dict]`: per text, the most likely `label`, every label's log-likelihood (`scores`) and, with
-            `max_new_tokens`, the greedy continuation (`generated`).
+            `max_new_tokens`, the greedy continuation (`generated`). A generative adapter: per prompt its
+            `completion`.
         """
+        if self.generative:
+            return [{"completion": text} for text in self.complete(texts, max_new_tokens or None)]
         scores = self.scores(texts)
         rows = [{"label": self.labels[int(row.argmax())], "scores": dict(zip(self.labels, row.tolist()))}
                 for row in scores]
@@ -89,6 +101,13 @@ class Predictor:
             for row, text in zip(rows, texts):
                 row["generated"] = self.generate(text, max_new_tokens)
         return rows
+
+    def complete(self, prompts: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
+        """A generative adapter's greedy completions of `prompts` (a chat adapter's: each as the user's turn), up to
+        EOS or `max_new_tokens` (default: what its evaluation decoded)."""
+        pairs = [Pair(((("user", p),) if self.task.get("chat") else p), "") for p in prompts]
+        return greedy_completions(self.model, self.encoder, pairs, max_new_tokens or self.task["max_new_tokens"],
+                                  self.task.get("eval_batch_size", 16), self.device)
 
     @torch.no_grad()
     def generate(self, text: str, max_new_tokens: int) -> str:

@@ -22,16 +22,15 @@ from transformers import get_cosine_schedule_with_warmup
 
 from ptplus_tune.adapter import build_adapter, count_trainable_parameters
 from ptplus_tune.atomic import replacing_folder
-from ptplus_tune.data import PromptEncoder, collate, load_base_model
+from ptplus_tune.data import collate, load_base_model
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import rules
 from ptplus_tune.trial.checkpoint import read_checkpoint, restore, save_state, write_checkpoint
 from ptplus_tune.trial.config import TrialConfig
 from ptplus_tune.trial.device import peak_memory_mb, pick_device, seed_everything
-from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
 from ptplus_tune.trial.host import load_splits, release
 from ptplus_tune.trial.loss import target_losses
-from ptplus_tune.trial.predict import task_description
+from ptplus_tune.trial.tasks import task_for
 
 log = logging.getLogger(__name__)
 Report = Callable[[dict, "str | None"], None]
@@ -90,10 +89,11 @@ class TrialSession:
                 load_base_model(config.model, device=str(self.device), dtype=dtype)
         model, tokenizer = base
         self.pad_id = tokenizer.pad_token_id
-        self.encoder = PromptEncoder(tokenizer, config.max_length, config.prompt_template, config.target_template)
-        self.train_items = [self.encoder.encode(ex.text, ex.label) for ex in self.splits.train]
+        self.kind = task_for(config, tokenizer, self.splits, self.device)  # classification or generation
+        self.encoder = self.kind.encoder
+        self.train_items = self.kind.train_items()
         self.hyperparameters = config.hyperparameters()
-        self.task = task_description(config, self.splits.labels)
+        self.task = self.kind.description()
         seed_everything(config.seed)
         self.model = wrap(model, self.hyperparameters).to(self.device)
         self.model.train()
@@ -103,7 +103,7 @@ class TrialSession:
                                                          config.max_steps)
         self.order = DataOrder(len(self.train_items), config.batch_size, config.seed)
         self.trainable = count_trainable_parameters(self.model)
-        self.chance = rules.majority_share(self.splits.validation)
+        self.chance = getattr(self.kind, "chance", None)  # classification: the majority class's share
         self.step = self.microbatches = 0
         self.first_window_loss: float | None = None  # the explosion rule's reference
         self.dead_checked = False
@@ -211,30 +211,31 @@ class TrialSession:
             self.train_loss, self._window = sum(self._window) / len(self._window), []
         return evaluate_now or self.stop_reason is not None
 
-    def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy on the validation split (see trial.evaluate)."""
-        return evaluate(self.model, *self.evaluation_data())
+    def evaluate(self) -> dict[str, Any]:
+        """The validation figures under their metric names: `eval_loss` and the task's (`eval_accuracy`, or
+        `eval_exact_match` with a few `predictions` beside their references); see trial.tasks."""
+        return self.kind.evaluate(self.model)
 
     def evaluation_data(self) -> tuple:
-        """(encoder, validation examples, labels, batch size, device): what an evaluation of this trial's model runs
-        on, the same for every trial with equal `config.evaluation_inputs()`."""
-        return self.encoder, self.splits.validation, self.splits.labels, self.config.eval_batch_size, self.device
+        """(encoder, validation examples, labels, batch size, device): what a classification evaluation of this
+        trial's model runs on, the same for every trial with equal `config.evaluation_inputs()`."""
+        return self.kind.evaluation_data()
 
-    def metrics(self, evaluation: dict[str, float]) -> dict[str, Any]:
-        """The report of an evaluation point: the validation figures, the rules' verdict, and at the final step the
-        test and generation figures the config asks for."""
+    def metrics(self, evaluation: dict[str, Any]) -> dict[str, Any]:
+        """The report of an evaluation point: the validation figures (`evaluate`), the rules' verdict, and at the
+        final step the test and generation figures the config asks for."""
         config = self.config
         metrics: dict[str, Any] = {
-            "step": self.step, "train_loss": self.train_loss, "eval_loss": evaluation["loss"],
-            "eval_accuracy": evaluation["accuracy"], "tokens_per_s": self._tokens / max(self._train_seconds, 1e-9),
+            "step": self.step, "train_loss": self.train_loss, **evaluation,
+            "tokens_per_s": self._tokens / max(self._train_seconds, 1e-9),
             "peak_mem_mb": peak_memory_mb(self.device), "trainable_params": self.trainable,
         }
         if (config.dead_trial_step is not None and not self.dead_checked and self.step >= config.dead_trial_step
                 and self.stop_reason is None):
             self.dead_checked = True
-            self.stop_reason = rules.accuracy_verdict(evaluation["accuracy"], self.chance)
+            self.stop_reason = self.kind.verdict(metrics)
         if self.step == config.max_steps:
-            metrics.update(_final_metrics(config, self.model, self.encoder, self.splits, self.device))
+            metrics.update(self.kind.final_metrics(self.model))
         elif self.stop_reason is not None:
             metrics["stop_reason"] = self.stop_reason
             log.info("trial stopped at step %d: %s", self.step, self.stop_reason)
@@ -269,17 +270,6 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return TrialResult(history[-1] if history else {}, history, session.model, session.task)
-
-
-def _final_metrics(config, model, encoder, splits, device) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if config.eval_test:
-        test = evaluate(model, encoder, splits.test, splits.labels, config.eval_batch_size, device)
-        out.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
-    if config.eval_generate:
-        out["eval_generation_accuracy"] = generation_accuracy(model, encoder, splits.validation,
-                                                              config.eval_batch_size, device)
-    return out
 
 
 def save_adapter(model, directory: str | os.PathLike) -> Path:

@@ -112,9 +112,9 @@ def test_prompt_truncates_the_text_only_and_targets_are_masked(tiny_model_dir):
 def test_class_label_columns_become_their_names():
     import datasets
 
-    from ptplus_tune.data.datasets import _examples
+    from ptplus_tune.data.datasets import examples_from
 
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["neg", "pos"])})
     rows = datasets.Dataset.from_dict({"text": ["bad", "good"], "label": [0, 1]}, features=features)
-    assert _examples(rows, "text", "label", "hub[train]") == [Example("bad", "neg"), Example("good", "pos")]
+    assert examples_from(rows, "text", "label", "hub[train]") == [Example("bad", "neg"), Example("good", "pos")]

@@ -14,15 +14,15 @@ RUNGS = [2, 4, 8]  # grace_period 2, reduction_factor 2, max_steps 12
 
 
 def _counting_evaluations(monkeypatch):
-    import ptplus_tune.trial.train as train
+    import ptplus_tune.trial.tasks as tasks
 
-    steps, real = [], train.evaluate
+    steps, real = [], tasks.evaluate
 
     def counted(model, *args, **kwargs):
         steps.append(None)
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(train, "evaluate", counted)
+    monkeypatch.setattr(tasks, "evaluate", counted)
     return steps
 
 
