@@ -85,6 +85,26 @@ def _chat_pair(messages, where: str, i: int) -> Pair:
     return Pair(tuple(turns[:-1]), turns[-1][1], f"{where} row {i}")
 
 
+REASONING_GYM = "reasoning_gym:"  # `--dataset reasoning_gym:TASK`: a task the reasoning-gym package generates
+GENERATED_SIZE = 2000
+
+
+def reasoning_gym_pairs(dataset: str, size: int = GENERATED_SIZE) -> list[Pair]:
+    """`reasoning_gym:TASK` (e.g. `reasoning_gym:aiw`): `size` examples of one of the reasoning-gym package's
+    procedurally generated tasks, made locally (no download), always the same ones (seed 0)."""
+    task = dataset.removeprefix(REASONING_GYM)
+    try:
+        import reasoning_gym
+    except ImportError as exc:
+        raise PTPlusError(f"{dataset} needs the reasoning-gym package: pip install reasoning-gym") from exc
+    try:
+        examples = reasoning_gym.create_dataset(task, size=size, seed=0)
+    except Exception as exc:  # an unknown name raises ValueError or KeyError, depending on the version
+        raise PTPlusError(f"reasoning-gym has no task {task!r} (or cannot make it: {exc!r})") from exc
+    return [Pair(example["question"], str(example["answer"]), f"{dataset} example {i}")
+            for i, example in enumerate(examples)]
+
+
 def make_generation_splits(parts: dict[str, list[Pair]], validation_size: int = 150, test_size: int = 300,
                            train_size: int | None = None, seed: int = 0, where: str = "dataset") -> Splits:
     """Stable splits: the same inputs and seed always give the same pairs in the same order. Predefined

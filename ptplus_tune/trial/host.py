@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from ptplus_tune.data import Splits, load_labelled, make_splits
 from ptplus_tune.data.datasets import CLASSIFICATION, EMBEDDED_DATASET, GENERATION, examples_from, load_tables
-from ptplus_tune.data.generation import detect_task, make_generation_splits, pairs_from
+from ptplus_tune.data.generation import (
+    REASONING_GYM,
+    detect_task,
+    make_generation_splits,
+    pairs_from,
+    reasoning_gym_pairs,
+)
 from ptplus_tune.errors import PTPlusError
 
 if TYPE_CHECKING:  # a study's driver checks its data with load_splits: no torch there
@@ -58,6 +64,9 @@ def load_splits(config) -> Splits:
         parts = load_labelled(config.dataset, config.text_column, config.label_column)
         return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,
                            where=config.dataset)
+    if config.dataset.startswith(REASONING_GYM):
+        return make_generation_splits({"all": reasoning_gym_pairs(config.dataset)}, config.validation_size,
+                                      config.test_size, config.train_size, config.data_seed, where=config.dataset)
     tables = load_tables(config.dataset)
     rows, where = next(iter(tables.values()))
     task = config.task or detect_task(rows.column_names, where, config.text_column, config.label_column,

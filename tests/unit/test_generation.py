@@ -252,3 +252,13 @@ def test_bad_generation_input_is_one_line_before_ray_starts(case, tmp_path, tiny
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_a_reasoning_gym_task_is_made_locally_and_always_the_same(tiny_trial):
+    settings = {**tiny_trial, "validation_size": 10, "test_size": 10, "train_size": 20}
+    splits = load_splits(_config(settings, "reasoning_gym:aiw"))
+    assert splits.task == "generation" and (len(splits.train), len(splits.validation), len(splits.test)) == (20, 10, 10)
+    assert all(pair.completion.strip().isdigit() for pair in splits.test)  # "how many sisters ...?" -> a number
+    assert splits == load_splits(_config(settings, "reasoning_gym:aiw"))
+    with pytest.raises(PTPlusError, match="reasoning-gym has no task 'no_such_task'"):
+        load_splits(_config(settings, "reasoning_gym:no_such_task"))
