@@ -47,6 +47,7 @@ class PTPlusLayer(nn.Module):
             self._factorised = prefix_length * (d_phi + head_dim) < d_phi * head_dim
         else:
             self.memory_matrix = nn.Parameter(torch.zeros(num_heads, d_phi, head_dim))
+        self._frozen: tuple | None = None  # (parameter versions, dtype, the read-out's memory operands)
 
     def effective_memory(self) -> torch.Tensor:
         """M as [num_heads, d_φ, head_dim]; for slots, φ(K)ᵀV."""
@@ -54,16 +55,28 @@ class PTPlusLayer(nn.Module):
             return torch.matmul(self.feature_map(self.slot_keys).transpose(1, 2), self.slot_values)
         return self.memory_matrix
 
+    def _operands(self, dtype: torch.dtype) -> tuple:
+        """(memory, keys, values) of the read-out: M, or for factorised slots φ(K) and V. They change only when the
+        parameters do, so without autograd (evaluation, decoding: one call per layer and generated token) they are
+        computed once per parameter state instead of per call (with 64 slots, re-deriving M = φ(K)ᵀV at every
+        decoding step cost 25% of the bare model's time per token: bench/decode_overhead.py)."""
+        if torch.is_grad_enabled():
+            return self._compute_operands(dtype)
+        state = (dtype, *((p.data_ptr(), p._version) for p in self.parameters()))
+        if self._frozen is None or self._frozen[0] != state:
+            self._frozen = (state, self._compute_operands(dtype))
+        return self._frozen[1]
+
+    def _compute_operands(self, dtype: torch.dtype) -> tuple:
+        if self.memory == "slots" and self._factorised:
+            return None, self.feature_map(self.slot_keys.to(dtype)), self.slot_values.to(dtype)
+        return self.effective_memory().to(dtype), None, None
+
     def forward(self, query: torch.Tensor) -> torch.Tensor:
         """query: [..., num_heads, head_dim] (pre-rotary) → memory read-out [..., num_heads * head_dim]."""
         lead, dtype = query.shape[:-2], query.dtype
         heads_first = query.reshape(-1, self.num_heads, self.head_dim).transpose(0, 1)
         fm = self.feature_map
         weight, bias = (fm.weight.to(dtype), fm.bias.to(dtype)) if fm.weight is not None else (None, None)
-        if self.memory == "slots" and self._factorised:
-            keys = fm(self.slot_keys.to(dtype))
-            out = MemoryReadout.apply(heads_first, fm.name, weight, bias, None, keys, self.slot_values.to(dtype))
-        else:
-            out = MemoryReadout.apply(heads_first, fm.name, weight, bias, self.effective_memory().to(dtype), None,
-                                      None)
+        out = MemoryReadout.apply(heads_first, fm.name, weight, bias, *self._operands(dtype))
         return out.transpose(0, 1).reshape(*lead, self.num_heads * self.head_dim)

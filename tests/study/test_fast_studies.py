@@ -14,8 +14,6 @@ from tests.studies import run_cli, space_file, study_runs, trial_results
 RUNGS = [2, 4, 8]  # grace_period 2, reduction_factor 2, max_steps 12
 
 
-
-
 def _study(tmp_path, space: str, name: str, tracking_server: str):
     env = ray_env()
     try:

@@ -38,8 +38,6 @@ def first_study(tmp_path_factory, tiny_trial_settings, tracking_server):
     return tmp_path, proc
 
 
-
-
 def test_every_trial_has_one_complete_run(first_study, tracking_server):
     tmp_path, _proc = first_study
     results = trial_results(tmp_path / "results" / "t1")

@@ -95,6 +95,29 @@ def test_hand_written_backward_matches_plain_autograd(feature_map, memory, prefi
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("prefix_length", [2, 16])
+@pytest.mark.parametrize("memory", MEMORIES)
+@pytest.mark.parametrize("feature_map", ["elu", "mlp"])
+def test_without_autograd_the_memory_is_derived_once_per_parameter_state(feature_map, memory, prefix_length):
+    """Decoding calls each layer once per token: without autograd the read-out reuses M (or φ(K)) until a parameter
+    changes, and gives what computing it afresh gives, before and after an update."""
+    config = PTPlusConfig(feature_map=feature_map, memory=memory, prefix_length=prefix_length, feature_dim=6)
+    layer = get_ptplus_model(tiny_llama(), config).ptplus_layers["0"]
+    query = torch.randn(2, 5, 4, 8)
+    for _ in range(2):
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(torch.randn_like(p))  # an optimizer step (in place)
+            reused = [layer(query), layer(query)]
+        fresh = layer(query).detach()  # with autograd: computed afresh
+        for out in reused:
+            torch.testing.assert_close(out, fresh)
+    with torch.no_grad():
+        derived = layer._frozen
+        layer(query)
+        assert layer._frozen is derived  # the same parameters: nothing derived again
+
+
 @pytest.mark.parametrize("arch", ["llama_gqa", "gpt2"])
 def test_save_and_load_roundtrip_holds_only_adapter_weights(tmp_path, arch):
     model = get_ptplus_model(ARCHS[arch](), PTPlusConfig(feature_map="gelu", memory="slots", prefix_length=3))

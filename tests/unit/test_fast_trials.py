@@ -2,15 +2,11 @@
 that keep the base model between trials, no scratch left behind, and progress that a user can watch."""
 
 
-
-
 import pytest
 
 from ptplus_tune.trial import TrialConfig, TrialSession, rules, run_trial
 
 RUNGS = [2, 4, 8]  # grace_period 2, reduction_factor 2, max_steps 12
-
-
 
 
 def _counting_evaluations(monkeypatch):

@@ -1,8 +1,6 @@
 """The tuning service on a real local Ray instance (2 CPUs) with the tiny model: ASHA, conditions, best, resume."""
 
 
-
-
 import shutil
 import subprocess
 import sys

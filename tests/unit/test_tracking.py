@@ -15,8 +15,6 @@ from tests.studies import space_file, study_runs, validation_accuracy
 MODEL = "tiny-colours"
 
 
-
-
 @pytest.mark.parametrize("method", ["ptplus", "lora", "prefix_tuning"])
 def test_a_logged_adapter_predicts_as_its_trial_evaluated(tmp_path, tiny_trial, method):
     """Without Ray: a trial's last checkpoint logged as a pyfunc model (sqlite store) and loaded back scores the
