@@ -20,22 +20,16 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from model_shape import add_shape_arguments, random_llama
 
 from ptplus_tune.adapter import FEATURE_MAPS, build_adapter
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--hidden", type=int, default=576)
-    parser.add_argument("--heads", type=int, default=9)
-    parser.add_argument("--kv-heads", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=4)
+    add_shape_arguments(parser)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=7, help="timed steps per variant, interleaved")
     parser.add_argument("--prefix-length", type=int, default=16)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
     return parser.parse_args()
 
@@ -97,11 +91,8 @@ def main():
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
                                                            else torch.float32)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=max(2048, args.seq),
-                         tie_word_embeddings=True)
-    base = LlamaForCausalLM(config).to(device=args.device, dtype=dtype)
+    base = random_llama(args, max(2048, args.seq)).to(device=args.device, dtype=dtype)
+    config = base.config
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), device=args.device)
     embeds = base.get_input_embeddings()(ids).detach()
     steps = {name: Step(base, hp, embeds, ids) for name, hp in variants(args.prefix_length).items()}

@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from model_shape import add_shape_arguments, random_llama
 
 from ptplus_tune.adapter import build_adapter
 from ptplus_tune.trial.generate import decodes_with_cache
@@ -37,15 +37,9 @@ VARIANTS = {
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--hidden", type=int, default=576)
-    parser.add_argument("--heads", type=int, default=9)
-    parser.add_argument("--kv-heads", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=4)
+    add_shape_arguments(parser)
     parser.add_argument("--prompt", type=int, default=64, help="tokens of the longest prompt (others shorter)")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args()
 
 
@@ -66,11 +60,8 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int) -> Non
 def main():
     args = parse_args()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=2048, tie_word_embeddings=True,
-                         pad_token_id=0)
-    base = LlamaForCausalLM(config).to(args.device).eval()
+    base = random_llama(args).to(args.device).eval()
+    config = base.config
     lengths = [args.prompt - 8 * i for i in range(args.batch)]  # prompts of different lengths: left padding
     ids = torch.zeros(args.batch, args.prompt, dtype=torch.long, device=args.device)
     mask = torch.zeros_like(ids)
