@@ -107,9 +107,11 @@ def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> 
     evaluations = sorted(set(policy["eval_steps"]) | {spec.max_steps})
     every = spec.trial.get("eval_every")
     stopping += f"; trials evaluate at steps {evaluations}" + (f" and every {every}" if every else "")
-    if policy["dead_trial_step"] is not None:
+    if policy["dead_trial_step"] is not None and spec.metric == "eval_accuracy":
         stopping += (f"; dead trials (chance-level accuracy at step {policy['dead_trial_step']}, NaN or exploding "
                      f"loss) stop at once")
+    elif policy["dead_trial_step"] is not None:
+        stopping += "; dead trials (NaN or exploding loss) stop at once"
     balance = f"; trials take turns over {spec.balance} ({', '.join(map(str, spec.parameter(spec.balance).choices))})" \
         if spec.balance else ""
     return (f"study {name}: {spec.num_samples} trials, {_at_once(spec, concurrency)}, {_each(res)}; {sampler} "
