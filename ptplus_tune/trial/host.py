@@ -60,6 +60,8 @@ def load_splits(config) -> Splits:
     if config.dataset == EMBEDDED_DATASET and config.task == GENERATION:
         raise PTPlusError(f"the embedded dataset {EMBEDDED_DATASET} is a classification task; give a generation "
                           f"data set with --dataset")
+    if config.dataset.startswith(REASONING_GYM) and config.task == CLASSIFICATION:
+        raise PTPlusError(f"{config.dataset} is a generation task (prompt -> answer); drop --task classification")
     if config.dataset == EMBEDDED_DATASET:
         parts = load_labelled(config.dataset, config.text_column, config.label_column)
         return make_splits(parts, config.validation_size, config.test_size, config.k_shot, config.data_seed,

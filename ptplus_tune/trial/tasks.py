@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ptplus_tune.data.datasets import CLASSIFICATION, GENERATION
+from ptplus_tune.data.datasets import GENERATION
 from ptplus_tune.data.prompts import CompletionEncoder, PromptEncoder
 from ptplus_tune.trial import rules
 from ptplus_tune.trial.evaluate import evaluate, generation_accuracy
@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 class ClassificationTask:
     """Text → one class word, scored by every label's likelihood (`eval_accuracy`)."""
 
-    name = CLASSIFICATION
-    metric = "eval_accuracy"
     shared_evaluation = True  # a pack scores several adapters' labels in shared forward passes
 
     def __init__(self, config, tokenizer, splits, device):
@@ -65,8 +63,6 @@ class ClassificationTask:
 class GenerationTask:
     """Prompt → completion, scored by greedy decoding (`eval_exact_match`, or the config's `scorer`)."""
 
-    name = GENERATION
-    metric = "eval_exact_match"
     shared_evaluation = False  # decoding runs per trial
 
     def __init__(self, config, tokenizer, splits, device):

@@ -260,5 +260,7 @@ def test_a_reasoning_gym_task_is_made_locally_and_always_the_same(tiny_trial):
     assert splits.task == "generation" and (len(splits.train), len(splits.validation), len(splits.test)) == (20, 10, 10)
     assert all(pair.completion.strip().isdigit() for pair in splits.test)  # "how many sisters ...?" -> a number
     assert splits == load_splits(_config(settings, "reasoning_gym:aiw"))
+    with pytest.raises(PTPlusError, match="reasoning_gym:aiw is a generation task"):
+        load_splits(_config(settings, "reasoning_gym:aiw", task="classification"))
     with pytest.raises(PTPlusError, match="reasoning-gym has no task 'no_such_task'"):
         load_splits(_config(settings, "reasoning_gym:no_such_task"))
