@@ -1,13 +1,19 @@
-"""A small-scale replication of the paper's comparison (Prefix-Tuning+ vs Prefix-Tuning vs LoRA, few-shot).
+"""A small-scale replication of the paper's comparison (Prefix-Tuning+ vs Prefix-Tuning vs LoRA), over seeds.
 
-Runs the `compare` space as the service does (Ray Tune + Optuna TPE + ASHA, every trial tracked in MLflow) with the
-same trial budget per method (`balance: method`), picks each method's best trial by validation accuracy, then
-measures on the held-out test split: test accuracy of that trial's adapter, its trainable parameters and the time
-of one training step (forward + backward + AdamW, all methods on the same batches, interleaved rounds, median).
-Prints a markdown table and logs it (`replication.md`, plus `replication.json` and metrics) on the study's parent run.
+Runs the `compare` space as the service does (Ray Tune + Optuna TPE + ASHA, every trial tracked in MLflow) under a
+fair protocol: the same trial budget per method (`balance: method`) and ASHA per method (`scheduler.group_by:
+method`), so a method's trials are stopped only by its own. Each method's best trial by validation metric is then
+measured once on the held-out test split; its trainable parameters and the time of one training step (forward +
+backward + AdamW, all methods on the same batches, interleaved rounds, median) complete the row. Repeated for
+`--seeds` studies (TPE seed and trial seed s; the data splits stay those of data_seed, so every seed is tested on
+the same examples); the table shows mean ± standard deviation over the seeds, and the base model's zero-shot score.
 
-    python bench/replicate_paper.py                      # 8 trials per method on the embedded default (~1 h, 2 cores)
-    python bench/replicate_paper.py --per-method 4 --tracking-uri http://127.0.0.1:5000
+`--task generation` runs the same methods and protocol on the generative default (the `generate` space's data,
+trial settings and rungs: reasoning-gym `aiw`, exact match of greedy completions; `--generative-space
+generate-quick` for a first look in minutes).
+
+    python bench/replicate_paper.py --seeds 3 --per-method 3                      # classification
+    python bench/replicate_paper.py --task generation --seeds 3 --per-method 3    # generation
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ptplus_tune.errors import PTPlusError
 
 NAMES = {"ptplus": "Prefix-Tuning+", "prefix_tuning": "Prefix-Tuning (PEFT)", "lora": "LoRA (PEFT)"}
 GOALS = (("ptplus", "prefix_tuning", 0.0), ("ptplus", "lora", -0.02))  # PT+ - other >= margin (the paper's claims)
+TASKS = {"classification": ("eval_accuracy", "accuracy"), "generation": ("eval_exact_match", "exact match")}
 
 
 def best_per_method(result) -> dict:
@@ -42,45 +49,48 @@ def best_per_method(result) -> dict:
     return out
 
 
-def score_on_test(trial, spec) -> float:
-    """The trial's adapter (from its last checkpoint) on the test split, scored exactly as evaluation does."""
-    from ptplus_tune.trial import TrialConfig
-    from ptplus_tune.trial.evaluate import evaluate
+def _test_score(model, tokenizer, config, device) -> float:
+    """A model's score on the config's test split, computed as the trial's own final test evaluation is."""
     from ptplus_tune.trial.host import load_splits
+    from ptplus_tune.trial.tasks import task_for
+
+    task = task_for(dataclasses.replace(config, eval_test=True), tokenizer, load_splits(config), device)
+    figures = task.final_metrics(model)
+    return figures.get("test_accuracy", figures.get("test_exact_match"))
+
+
+def score_on_test(trial, spec) -> float:
+    """The trial's adapter (from its last checkpoint) on the test split."""
+    from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.predict import Predictor
 
     config = TrialConfig.from_dict({**spec.trial, **trial.config})
-    splits = load_splits(config)
     with trial.checkpoint_ref.as_directory() as folder:
         predictor = Predictor.from_files(os.path.join(folder, "adapter"), os.path.join(folder, "task.json"))
-    scores = evaluate(predictor.model, predictor.encoder, splits.test, splits.labels, config.eval_batch_size,
-                      predictor.device)
-    return scores["accuracy"]
+    return _test_score(predictor.model, predictor.encoder.tokenizer, config, predictor.device)
 
 
-def zero_shot_accuracy(spec) -> float:
-    from ptplus_tune.data import PromptEncoder, load_base_model
+def zero_shot_score(spec) -> float:
+    from ptplus_tune.data import load_base_model
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.device import pick_device
-    from ptplus_tune.trial.evaluate import evaluate
-    from ptplus_tune.trial.host import load_splits
 
     config = TrialConfig.from_dict(spec.trial)
     device, dtype = pick_device(config.device)
     model, tokenizer = load_base_model(config.model, device=str(device), dtype=dtype)
-    splits = load_splits(config)
-    encoder = PromptEncoder(tokenizer, config.max_length, config.prompt_template, config.target_template)
-    return evaluate(model, encoder, splits.test, splits.labels, config.eval_batch_size, device)["accuracy"]
+    return _test_score(model.eval(), tokenizer, config, device)
 
 
 def step_times_ms(configs: dict[str, dict], spec, rounds: int) -> dict[str, float]:
     """Median wall time of one training step per method: the same batches for every method, one step of each per
     round in rotating order (the machine's drift hits all methods alike), after two warm-up steps."""
     from ptplus_tune.adapter import build_adapter
-    from ptplus_tune.data import PromptEncoder, collate, load_base_model
+    from ptplus_tune.data import collate, load_base_model
     from ptplus_tune.trial import TrialConfig
     from ptplus_tune.trial.device import pick_device
     from ptplus_tune.trial.host import load_splits
+    from ptplus_tune.trial.loss import target_losses
+    from ptplus_tune.trial.tasks import task_for
     from ptplus_tune.trial.train import DataOrder
 
     base_config = TrialConfig.from_dict(spec.trial)
@@ -95,9 +105,7 @@ def step_times_ms(configs: dict[str, dict], spec, rounds: int) -> dict[str, floa
         model = build_adapter(model, config.hyperparameters()).to(device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
         setups[method] = (model, optimizer)
-    encoder = PromptEncoder(tokenizer, base_config.max_length, base_config.prompt_template,
-                            base_config.target_template)
-    items = [encoder.encode(ex.text, ex.label) for ex in splits.train]
+    items = task_for(base_config, tokenizer, splits, device).train_items()
     order = DataOrder(len(items), base_config.batch_size, base_config.seed)
     batches = [{k: v.to(device) for k, v in collate([items[i] for i in order.batch(b)],
                                                       tokenizer.pad_token_id).items()} for b in range(rounds + 2)]
@@ -107,7 +115,8 @@ def step_times_ms(configs: dict[str, dict], spec, rounds: int) -> dict[str, floa
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        model(**batch).loss.backward()
+        loss, = target_losses(model, batch)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -125,25 +134,45 @@ def step_times_ms(configs: dict[str, dict], spec, rounds: int) -> dict[str, floa
     return {m: 1000 * statistics.median(t) for m, t in times.items()}
 
 
-def markdown(rows: list[dict], zero_shot: float, setting: str) -> str:
-    lora = next((r for r in rows if r["method"] == "lora"), None)
-    lines = [setting, "",
-             "| method | trials (completed / stopped early) | best configuration | validation acc. | test acc. "
-             "| trainable params | train step (ms) | step vs LoRA |",
-             "|---|---|---|---|---|---|---|---|"]
+def _spread(values: list[float], percent: bool = True) -> str:
+    scale, unit = (100, "") if percent else (1, "")
+    mean = statistics.mean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.1f}{unit}"
+    return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}{unit}"
+
+
+def markdown(rows: list[dict], zero_shot: float, setting: str, label: str) -> str:
+    """One row per method over its seeds (mean ± sd), the zero-shot row, and the paper's claims checked on the
+    seeds' mean."""
+    by_method: dict[str, list[dict]] = {}
     for r in rows:
-        ratio = f"{r['step_ms'] / lora['step_ms']:.2f}x" if lora else "-"
-        lines.append(f"| {NAMES[r['method']]} | {r['trials']} ({r['completed']} / {r['early_stopped']}) | "
-                     f"{r['configuration']} | {r['validation_accuracy']:.1%} | {r['test_accuracy']:.1%} | "
-                     f"{r['trainable_params']:,} | {r['step_ms']:.0f} | {ratio} |")
-    lines.append(f"| base model, zero-shot | - | no adapter | - | {zero_shot:.1%} | 0 | - | - |")
-    found = {r["method"]: r for r in rows}
+        by_method.setdefault(r["method"], []).append(r)
+    steps = {m: statistics.median(r["step_ms"] for r in rs if r.get("step_ms")) for m, rs in by_method.items()
+             if any(r.get("step_ms") for r in rs)}
+    lines = [setting, "",
+             f"| method | seeds | trials per seed (completed / stopped early, summed) | validation {label} (%) | "
+             f"test {label} (%) | trainable params | train step (ms) | step vs LoRA |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, rs in by_method.items():
+        step = steps.get(method)
+        ratio = f"{step / steps['lora']:.2f}x" if step and "lora" in steps else "-"
+        params = sorted({r["trainable_params"] for r in rs})
+        shown = f"{params[0]:,}" if len(params) == 1 else f"{params[0]:,}-{params[-1]:,}"
+        lines.append(f"| {NAMES[method]} | {len(rs)} | {rs[0]['trials']} ({sum(r['completed'] for r in rs)} / "
+                     f"{sum(r['early_stopped'] for r in rs)}) | {_spread([r['validation'] for r in rs])} | "
+                     f"{_spread([r['test'] for r in rs])} | {shown} | {f'{step:.0f}' if step else '-'} | {ratio} |")
+    lines.append(f"| base model, zero-shot | - | no adapter | - | {100 * zero_shot:.1f} | 0 | - | - |")
+    lines.append("")
+    lines.append("Best configuration per seed: " + "; ".join(
+        f"{NAMES[r['method']]} seed {r['seed']}: {r['configuration']}" for r in rows))
+    means = {m: statistics.mean(r["test"] for r in rs) for m, rs in by_method.items()}
     lines.append("")
     for mine, other, margin in GOALS:
-        if mine in found and other in found:
-            diff = found[mine]["test_accuracy"] - found[other]["test_accuracy"]
+        if mine in means and other in means:
+            diff = means[mine] - means[other]
             verdict = "met" if diff >= margin - 1e-9 else "NOT met"
-            lines.append(f"- {NAMES[mine]} - {NAMES[other]}: {100 * diff:+.1f} points of test accuracy "
+            lines.append(f"- {NAMES[mine]} - {NAMES[other]}: {100 * diff:+.1f} points of mean test {label} "
                          f"(paper's claim: >= {100 * margin:+.0f}): {verdict}")
     return "\n".join(lines) + "\n"
 
@@ -155,10 +184,13 @@ def _describe(config: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=tuple(TASKS), default="classification")
     parser.add_argument("--space", default="compare", help="a space with `balance: method` [compare]")
-    parser.add_argument("--per-method", type=int, help="trials per method [the space's num_samples / 3]")
-    parser.add_argument("--seed", type=int, help="TPE seed [from the space]")
-    parser.add_argument("--name", help="study name [replicate-<date>-<time>]")
+    parser.add_argument("--generative-space", default="generate",
+                        help="--task generation: the space whose data, trial settings and rungs to use [generate]")
+    parser.add_argument("--per-method", type=int, help="trials per method and seed [the space's num_samples / 3]")
+    parser.add_argument("--seeds", type=int, default=3, help="studies, seeds 0..N-1 (TPE and trial seed) [3]")
+    parser.add_argument("--name", help="name prefix of the studies [replicate-<task>-<date>-<time>]")
     parser.add_argument("--storage-path", default=os.environ.get("PTPLUS_STORAGE_PATH", "ptplus_results"))
     parser.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db]")
     parser.add_argument("--address", help="Ray cluster address [a new local instance]")
@@ -171,77 +203,99 @@ def main() -> int:
         return 2
 
 
-def run(args) -> int:
-    from ptplus_tune.cli import display
-    from ptplus_tune.data.identity import dataset_identity, model_identity
-    from ptplus_tune.service import connect, run_study
-    from ptplus_tune.service.storage import check_new
+def load_protocol(args):
+    """The compare space under the fair protocol, for the task asked."""
     from ptplus_tune.spaces import load_space, validate
-    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
-    from ptplus_tune.tracking.target import client
-    from ptplus_tune.trial import TrialConfig
 
     spec = load_space(args.space)
     method = spec.parameter("method")
     if spec.balance != "method" or method is None or set(method.choices) - set(NAMES):
         raise PTPlusError(f"{spec.source}: the replication needs `balance: method` over choices among "
                           f"{', '.join(NAMES)}")
+    spec.scheduler.group_by = "method"  # each method's trials compete only with each other at ASHA's rungs
+    if args.task == "generation":
+        generative = load_space(args.generative_space)
+        spec.trial, spec.scheduler = dict(generative.trial), dataclasses.replace(generative.scheduler,
+                                                                                 group_by="method")
+        spec.metric, spec.mode = generative.metric, generative.mode
+    spec.trial["eval_test"] = False  # the winners are scored on the test split once, below
     if args.per_method is not None:
         spec.num_samples = args.per_method * len(method.choices)
-    if args.seed is not None:
-        spec.seed = args.seed
     validate(spec)
-    name = args.name or f"replicate-{time.strftime('%Y%m%d-%H%M%S')}"
-    display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
-    check_new(args.storage_path, name)
+    return spec
+
+
+def run(args) -> int:
+    from ptplus_tune.cli import display
+    from ptplus_tune.data.identity import dataset_identity, model_identity
+    from ptplus_tune.service import connect, run_study
+    from ptplus_tune.service.storage import check_new
+    from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
+    from ptplus_tune.tracking.target import client
+    from ptplus_tune.trial import TrialConfig
+
+    spec = load_protocol(args)
+    metric, label = TASKS[args.task]
+    methods = spec.parameter("method").choices
+    per_method = spec.num_samples // len(methods)
+    prefix = args.name or f"replicate-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = args.tracking_uri or default_tracking_uri()
     check_reachable(uri)
-    per_method = spec.num_samples // len(method.choices)
-    print(f"study {name}: {spec.num_samples} trials ({per_method} per method), {spec.max_steps} steps each, "
-          f"tracked in {uri}; on {connect(args.address)}", file=sys.stderr, flush=True)
-
-    started = time.time()
-    target = open_study(uri, spec, name, resume=False)
-    result = run_study(spec, name, args.storage_path, tracking=target)
-    path = os.path.join(os.path.abspath(args.storage_path), name)
-    finish_study(target, result, spec, optuna_storage=f"sqlite:///{path}/optuna.db")
-    print(f"study done in {time.time() - started:.0f} s; measuring the winners on the test split", file=sys.stderr,
+    names = [f"{prefix}-seed{seed}" for seed in range(args.seeds)]
+    for name in names:
+        check_new(args.storage_path, name)
+    print(f"{args.seeds} studies {prefix}-seed0..: {spec.num_samples} trials each ({per_method} per method, ASHA per "
+          f"method), {spec.max_steps} steps, tracked in {uri}; on {connect(args.address)}", file=sys.stderr,
           flush=True)
 
-    winners = best_per_method(result)
-    rows = []
-    for method_name, (best, trials) in winners.items():
-        rows.append({
-            "method": method_name, "trials": len(trials),
-            "completed": sum(t.status == "completed" for t in trials),
-            "early_stopped": sum(t.status == "early_stopped" for t in trials),
-            "configuration": _describe(best.config), "config": best.config, "trial_id": best.trial_id,
-            "validation_accuracy": best.metrics["eval_accuracy"],
-            "test_accuracy": score_on_test(best, spec),
-            "trainable_params": int(best.metrics["trainable_params"]),
-        })
-    steps = step_times_ms({r["method"]: r["config"] for r in rows}, spec, args.step_rounds)
+    rows, targets = [], []
+    for seed, name in enumerate(names):
+        seeded = dataclasses.replace(spec, seed=seed, trial={**spec.trial, "seed": seed})
+        display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
+        started = time.time()
+        target = open_study(uri, seeded, name, resume=False)
+        targets.append(target)
+        result = run_study(seeded, name, args.storage_path, tracking=target)
+        path = os.path.join(os.path.abspath(args.storage_path), name)
+        finish_study(target, result, seeded, optuna_storage=f"sqlite:///{path}/optuna.db")
+        print(f"study {name} done in {time.time() - started:.0f} s; scoring the winners on the test split",
+              file=sys.stderr, flush=True)
+        for method_name, (best, trials) in best_per_method(result).items():
+            rows.append({
+                "seed": seed, "method": method_name, "trials": len(trials),
+                "completed": sum(t.status == "completed" for t in trials),
+                "early_stopped": sum(t.status == "early_stopped" for t in trials),
+                "configuration": _describe(best.config), "config": best.config, "trial_id": best.trial_id,
+                "step": int(best.metrics["step"]), "validation": best.metrics[metric],
+                "test": score_on_test(best, seeded), "trainable_params": int(best.metrics["trainable_params"]),
+            })
+    first = {r["method"]: r["config"] for r in rows if r["seed"] == 0}
+    steps = step_times_ms(first, spec, args.step_rounds)  # seed 0's winners: the step time hardly depends on seed
     for row in rows:
-        row["step_ms"] = steps[row["method"]]
-    zero_shot = zero_shot_accuracy(spec)
+        row["step_ms"] = steps[row["method"]] if row["seed"] == 0 else None
+    zero_shot = zero_shot_score(spec)
 
     trial = TrialConfig.from_dict(spec.trial)
-    setting = (f"Base model {model_identity(trial.model)}, dataset {dataset_identity(trial.dataset)}: "
-               f"{trial.k_shot or 'all'} training examples per class, {trial.validation_size} validation and "
-               f"{trial.test_size} test examples, {spec.max_steps} steps, {per_method} trials per "
-               f"method (TPE + ASHA, seed {spec.seed}); best trial per method by validation accuracy, scored once "
-               f"on the test split. Device: {'cuda' if torch.cuda.is_available() else 'cpu'}.")
-    table = markdown(rows, zero_shot, setting)
+    data = (f"{trial.k_shot or 'all'} training examples per class" if args.task == "classification"
+            else f"{trial.train_size} training pairs")
+    setting = (f"Base model {model_identity(trial.model)}, dataset {dataset_identity(trial.dataset)} ({args.task}): "
+               f"{data}, {trial.validation_size} validation and {trial.test_size} test examples (data seed "
+               f"{trial.data_seed}), {spec.max_steps} steps, {per_method} trials per method and seed (TPE + ASHA per "
+               f"method, rungs {spec.rungs}), seeds 0-{args.seeds - 1}; best trial per method by validation "
+               f"{label}, scored once on the test split; mean ± sd over seeds; step time of seed 0's winners. "
+               f"Device: {'cuda' if torch.cuda.is_available() else 'cpu'}.")
+    table = markdown(rows, zero_shot, setting, label)
     print(table)
     mlflow_client = client(uri)
-    mlflow_client.log_text(target.parent_run_id, table, "replication.md")
-    mlflow_client.log_dict(target.parent_run_id, {"setting": setting, "zero_shot_test_accuracy": zero_shot,
-                                                  "methods": rows}, "replication.json")
-    for row in rows:
-        for key in ("test_accuracy", "step_ms"):
-            mlflow_client.log_metric(target.parent_run_id, f"replication.{row['method']}.{key}", row[key])
-    print(f"logged to MLflow run {target.parent_run_id} (replication.md) at {uri}", file=sys.stderr)
-    return 0 if len(rows) == len(method.choices) else 1
+    for seed, target in enumerate(targets):
+        mlflow_client.log_text(target.parent_run_id, table, "replication.md")
+        mlflow_client.log_dict(target.parent_run_id, {"setting": setting, "zero_shot_test": zero_shot,
+                                                      "rows": rows}, "replication.json")
+        for row in (r for r in rows if r["seed"] == seed):  # this seed's figures on its own study run
+            mlflow_client.log_metric(target.parent_run_id, f"replication.{row['method']}.test_{metric[5:]}",
+                                     row["test"])
+    print(f"logged to the MLflow runs of {', '.join(names)} (replication.md) at {uri}", file=sys.stderr)
+    return 0 if {r["method"] for r in rows} == set(methods) else 1
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> 
         sampler += f" after {spec.n_startup_trials} random start-up trials"
     stopping = (f"ASHA may stop trials at steps {spec.rungs} of {spec.max_steps}" if spec.scheduler.type == "asha"
                 else f"no early stopping: every trial runs {spec.max_steps} steps")
+    if spec.scheduler.type == "asha" and spec.scheduler.group_by:
+        stopping += f", each compared only with trials of its own {spec.scheduler.group_by}"
     policy = spec.trial_policy()
     evaluations = sorted(set(policy["eval_steps"]) | {spec.max_steps})
     every = spec.trial.get("eval_every")

@@ -86,17 +86,6 @@ def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
 
-def build_scheduler(spec: StudySpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if spec.scheduler.type == "none":
-        return FIFOScheduler()  # every trial runs its whole budget
-
-    # Budget = optimiser steps (the `step` every report carries), so rungs sit at grace_period · rf^k steps.
-    return ASHAScheduler(time_attr="step", max_t=spec.max_steps, grace_period=spec.scheduler.grace_period,
-                         reduction_factor=spec.scheduler.reduction_factor)
-
-
 def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
               trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2,
               tracking=None, stop=None, optuna_storage: str | None = None) -> StudyResult:
@@ -135,6 +124,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
 
     from ptplus_tune.service.pack_host import remove_hosts
     from ptplus_tune.service.progress import StudyProgress, board_name, open_board
+    from ptplus_tune.service.schedulers import build_scheduler
     from ptplus_tune.service.trainable import SCRATCH, StudySettings
     from ptplus_tune.service.trainable import trainable as study_trainable
 

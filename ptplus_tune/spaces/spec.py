@@ -49,6 +49,7 @@ class Scheduler:
     grace_period: int = 20  # training steps before ASHA may stop a trial
     reduction_factor: int = 3
     dead_trials: bool = True  # the dead-trial rule (ptplus_tune.trial.rules), judged at the first rung
+    group_by: str | None = None  # a categorical parameter: ASHA compares each trial only with trials of its value
 
 
 @dataclass
@@ -160,7 +161,9 @@ class StudySpec:
                 "num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
                 "sampler": self.sampler, **({"balance": self.balance} if self.balance else {}),
                 **({"startup_trials": self.startup_trials} if self.startup_trials is not None else {}),
-                "scheduler": dataclasses.asdict(self.scheduler), "resources": dataclasses.asdict(self.resources),
+                "scheduler": {k: v for k, v in dataclasses.asdict(self.scheduler).items()
+                              if not (k == "group_by" and v is None)},  # the hash of older spaces stays
+                "resources": dataclasses.asdict(self.resources),
                 "trial": dict(self.trial), "parameters": params}
 
     def to_yaml(self) -> str:
@@ -334,12 +337,13 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
     spec.sampler = data.get("sampler", spec.sampler)
     spec.balance = data.get("balance")
     sched = data.get("scheduler") or {}
-    if set(sched) - {"type", "grace_period", "reduction_factor", "dead_trials"}:
-        _fail(source, "scheduler", "only type, grace_period, reduction_factor and dead_trials (max budget is "
-              "trial.max_steps)")
+    if set(sched) - {"type", "grace_period", "reduction_factor", "dead_trials", "group_by"}:
+        _fail(source, "scheduler", "only type, grace_period, reduction_factor, dead_trials and group_by (max budget "
+              "is trial.max_steps)")
     if not isinstance(sched.get("dead_trials", True), bool):
         _fail(source, "scheduler.dead_trials", f"must be true or false, got {sched['dead_trials']!r}")
     spec.scheduler = Scheduler(type=sched.get("type", "asha"), dead_trials=sched.get("dead_trials", True),
+                               group_by=sched.get("group_by"),
                                **{k: _number(source, f"scheduler.{k}", v, int) for k, v in sched.items()
                                   if k in ("grace_period", "reduction_factor")})
     res = data.get("resources") or {}
@@ -398,10 +402,10 @@ def validate(spec: StudySpec) -> None:
         _fail(src, "startup_trials", "must be >= 0")
     if spec.sampler not in SAMPLERS:
         _fail(src, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {spec.sampler!r}")
-    if spec.balance is not None:
-        target = spec.parameter(spec.balance) if isinstance(spec.balance, str) else None
-        if target is None or target.type != "categorical" or target.when:
-            _fail(src, "balance", f"must name a categorical parameter without `when`, got {spec.balance!r}")
+    for where, value in (("balance", spec.balance), ("scheduler.group_by", spec.scheduler.group_by)):
+        target = spec.parameter(value) if isinstance(value, str) else None
+        if value is not None and (target is None or target.type != "categorical" or target.when):
+            _fail(src, where, f"must name a categorical parameter without `when`, got {value!r}")
     if spec.scheduler.type not in SCHEDULERS:
         _fail(src, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler.type!r}")
     if spec.scheduler.reduction_factor < 2:

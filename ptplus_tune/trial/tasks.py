@@ -21,6 +21,7 @@ class ClassificationTask:
     """Text → one class word, scored by every label's likelihood (`eval_accuracy`)."""
 
     shared_evaluation = True  # a pack scores several adapters' labels in shared forward passes
+    group_by_length = False  # few-shot prompts of similar length: the shuffled order as it always was
 
     def __init__(self, config, tokenizer, splits, device):
         self.config, self.splits, self.device = config, splits, device
@@ -64,6 +65,7 @@ class GenerationTask:
     """Prompt → completion, scored by greedy decoding (`eval_exact_match`, or the config's `scorer`)."""
 
     shared_evaluation = False  # decoding runs per trial
+    group_by_length = True  # prompts and completions vary in length: batches of similar lengths pad less
 
     def __init__(self, config, tokenizer, splits, device):
         self.config, self.splits, self.device = config, splits, device

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from transformers import get_cosine_schedule_with_warmup
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ptplus_tune.adapter import build_adapter, count_trainable_parameters
 from ptplus_tune.atomic import replacing_folder
@@ -46,16 +47,23 @@ class TrialResult:
 
 class DataOrder:
     """Which training examples micro-batch i holds: a fresh seeded permutation per epoch, a pure function of i,
-    so a resumed trial continues on exactly the batches the uninterrupted one would have seen."""
+    so a resumed trial continues on exactly the batches the uninterrupted one would have seen.
 
-    def __init__(self, size: int, batch_size: int, seed: int):
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+    With `lengths` (tokens per example), each epoch's order is grouped by length as transformers' Trainer does
+    (`group_by_length`): the permutation is cut into mega-batches that are sorted by length, so a batch holds
+    examples of similar length and pads little."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, lengths: list[int] | None = None):
+        self.size, self.batch_size, self.seed, self.lengths = size, batch_size, seed, lengths
         self._perms: dict[int, list[int]] = {}
 
     def _perm(self, epoch: int) -> list[int]:
         if epoch not in self._perms:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.size, generator=generator).tolist()}
+            if self.lengths is None:
+                self._perms = {epoch: torch.randperm(self.size, generator=generator).tolist()}
+            else:
+                self._perms = {epoch: get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)}
         return self._perms[epoch]
 
     def batch(self, index: int) -> list[int]:
@@ -101,7 +109,8 @@ class TrialSession:
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, round(config.warmup_ratio * config.max_steps),
                                                          config.max_steps)
-        self.order = DataOrder(len(self.train_items), config.batch_size, config.seed)
+        lengths = [len(item.input_ids) for item in self.train_items] if self.kind.group_by_length else None
+        self.order = DataOrder(len(self.train_items), config.batch_size, config.seed, lengths)
         self.trainable = count_trainable_parameters(self.model)
         self.chance = getattr(self.kind, "chance", None)  # classification: the majority class's share
         self.step = self.microbatches = 0

@@ -264,3 +264,51 @@ def test_a_reasoning_gym_task_is_made_locally_and_always_the_same(tiny_trial):
         load_splits(_config(settings, "reasoning_gym:aiw", task="classification"))
     with pytest.raises(PTPlusError, match="reasoning-gym has no task 'no_such_task'"):
         load_splits(_config(settings, "reasoning_gym:no_such_task"))
+
+
+def _padding(order, lengths, batches: int) -> int:
+    return sum(max(lengths[i] for i in order.batch(b)) * len(order.batch(b)) - sum(lengths[i] for i in order.batch(b))
+               for b in range(batches))
+
+
+def test_length_grouped_batches_pad_less_and_stay_a_pure_function_of_the_step():
+    from ptplus_tune.trial.train import DataOrder
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 160, (240,), generator=generator).tolist()
+    grouped, shuffled = DataOrder(240, 4, seed=3, lengths=lengths), DataOrder(240, 4, seed=3)
+    epoch = 240 // 4
+    assert sorted(i for b in range(epoch) for i in grouped.batch(b)) == list(range(240))  # each example once
+    assert sorted(i for b in range(epoch, 2 * epoch) for i in grouped.batch(b)) == list(range(240))
+    assert _padding(grouped, lengths, 2 * epoch) < 0.25 * _padding(shuffled, lengths, 2 * epoch)
+    again = DataOrder(240, 4, seed=3, lengths=lengths)  # a resumed trial: the same batch at any step
+    assert [again.batch(b) for b in (70, 5, 119)] == [grouped.batch(b) for b in (70, 5, 119)]
+    assert [grouped.batch(b) for b in range(epoch)] != [grouped.batch(b) for b in range(epoch, 2 * epoch)]
+
+
+def test_generation_trials_group_batches_by_length_and_classification_keeps_its_order(tiny_trial, generation_data):
+    from ptplus_tune.trial.train import TrialSession
+
+    generative = TrialSession(_config(tiny_trial, generation_data))
+    assert generative.order.lengths == [len(item.input_ids) for item in generative.train_items]
+    assert TrialSession(TrialConfig.from_dict(tiny_trial)).order.lengths is None
+
+
+def test_a_resumed_generation_trial_reproduces_the_uninterrupted_run(tiny_trial, generation_data, tmp_path):
+    """What a retried or resumed Tune trial relies on: checkpoints of a generation trial (its length-grouped batch
+    order included) continue exactly where the uninterrupted run went."""
+    import shutil
+
+    config = _config(tiny_trial, generation_data, max_steps=12, eval_every=4, grad_accum=2)
+    kept = {}
+
+    def keep(metrics, checkpoint):
+        kept[metrics["step"]] = shutil.copytree(checkpoint, tmp_path / f"step{metrics['step']}")
+
+    def comparable(history):
+        return [{k: v for k, v in m.items() if k not in ("tokens_per_s", "peak_mem_mb")} for m in history]
+
+    full = run_trial(config, report=keep)
+    resumed = run_trial(config, resume_from=str(kept[4]))
+    assert [m["step"] for m in full.history] == [4, 8, 12]
+    assert comparable(resumed.history) == comparable(full.history[1:])

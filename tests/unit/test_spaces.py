@@ -85,7 +85,8 @@ def test_random_search_without_early_stopping_builds_those_parts(tmp_path):
     import optuna
     from ray.tune.schedulers import FIFOScheduler
 
-    from ptplus_tune.service.study import build_scheduler, build_searcher
+    from ptplus_tune.service.schedulers import build_scheduler
+    from ptplus_tune.service.study import build_searcher
 
     spec = load_space(_write(tmp_path, {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}},
                              sampler="random", scheduler={"type": "none", "grace_period": 500}))
