@@ -64,7 +64,7 @@ def device_info(smoke: bool) -> dict:
 
 def study_figures(step: dict) -> dict:
     out = step["stdout_tail"]
-    done = re.search(r"done in (\d+) s: (\d+) trials \((\d+) completed", out)
+    done = re.search(r"done after (\d+) s: (\d+) of \d+ trials \((\d+) completed", out)
     best = re.search(r"best eval_accuracy: ([0-9.]+)", out)
     return {"study_s": int(done.group(1)) if done else None, "trials": int(done.group(2)) if done else None,
             "best_eval_accuracy": float(best.group(1)) if best else None}

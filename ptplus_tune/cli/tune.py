@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ptplus_tune.errors import PTPlusError, first_line
+from ptplus_tune.service.interrupt import TIME_BUDGET
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `ptplus-tune ui` serves MLflow's UI by default
 TUNE_EXAMPLES = """examples:
@@ -62,6 +63,10 @@ def build_tune_parser() -> argparse.ArgumentParser:
                              "[PTPLUS_OPTUNA_STORAGE, else optuna.db in the study's folder]")
     parser.add_argument("--name", help="study name [<space>-<date>-<time>]")
     parser.add_argument("--resume", metavar="NAME", help="continue the study NAME under --storage-path")
+    parser.add_argument("--time-budget", metavar="DURATION", help="wall time for the study, e.g. 90s, 15m, 2h, "
+                        "1h30m: no trial starts that would likely not finish, and at the deadline the running trials "
+                        "stop and save; the best evaluated trial is registered as usual (--resume NAME --time-budget "
+                        "MORE continues) [from the space, else none]")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI: a server (http://host:5000, what a cluster "
                         "uses) or a database [MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db]")
     parser.add_argument("--registered-model", metavar="NAME", help="register the best adapter as a new version of "
@@ -114,6 +119,8 @@ def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> 
                      f"loss) stop at once")
     elif policy["dead_trial_step"] is not None:
         stopping += "; dead trials (NaN or exploding loss) stop at once"
+    if spec.time_budget:
+        stopping += f"; time budget {spec.time_budget:.0f} s"
     balance = f"; trials take turns over {spec.balance} ({', '.join(map(str, spec.parameter(spec.balance).choices))})" \
         if spec.balance else ""
     return (f"study {name}: {spec.num_samples} trials, {_at_once(spec, concurrency)}, {_each(res)}; {sampler} "
@@ -240,7 +247,7 @@ def cmd_tune(args) -> int:
     connections = check_study(args, study)
     started = time.time()
     target, result = run(args, study, connections)
-    if result.interrupted:
+    if result.interrupted and result.interrupted != TIME_BUDGET:
         return report_interrupted(args, study, target, result, started)
     return report_done(args, study, connections, target, result, started)
 
@@ -255,12 +262,26 @@ def resolve_study(args) -> Study:
         if args.space:
             print("note: --resume uses the study's saved space; --space is ignored", file=sys.stderr)
         spec = saved_spec(args.storage_path, args.resume)
+        spec.time_budget = _time_budget(args)  # a resumed study is given new time, or none
         return Study(args.resume, spec, StudyDir(args.storage_path, args.resume), resume=True)
     spec = load_space(args.space or "default")
     pending = _apply_overrides(spec, args)
+    if args.time_budget is not None:
+        spec.time_budget = _time_budget(args)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new(args.storage_path, name)
     return Study(name, spec, StudyDir(args.storage_path, name), resume=False, pack_pending=pending)
+
+
+def _time_budget(args) -> float | None:
+    from ptplus_tune.spaces.spec import parse_duration
+
+    if args.time_budget is None:
+        return None
+    try:
+        return parse_duration(args.time_budget)
+    except ValueError as exc:
+        raise PTPlusError(f"--time-budget: {exc}") from None
 
 
 def print_dry_run(study: Study) -> None:
@@ -352,14 +373,24 @@ def report_done(args, study: Study, connections: Connections, target, result, st
         target.registered_model or None
     print(f"logging the study to MLflow ({tracking_uri}) ...", file=sys.stderr)
     tracked = _tracked(lambda: finish_study(target, result, spec, optuna_storage=result.optuna_storage,
-                                            registered_model=registered_model), tracking_uri, name, args.storage_path)
+                                            registered_model=registered_model,
+                                            status="time_budget" if result.interrupted == TIME_BUDGET else "finished"),
+                       tracking_uri, name, args.storage_path)
 
-    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed")}
+    counts = {s: sum(t.status == s for t in result.trials) for s in ("completed", "early_stopped", "failed",
+                                                                      "interrupted")}
     by_asha = sum(t.stop_reason == "asha" for t in result.trials)
     dead = counts["early_stopped"] - by_asha
     dead = f"{dead} stopped by the dead-trial rule, " if dead else ""
-    print(f"\nstudy {name} done in {time.time() - started:.0f} s: {len(result.trials)} trials "
-          f"({counts['completed']} completed, {by_asha} stopped early by ASHA, {dead}{counts['failed']} failed)")
+    cut = f"{counts['interrupted']} stopped at the deadline, " if counts["interrupted"] else ""
+    ended = f"reached its time budget ({spec.time_budget:.0f} s)" if result.interrupted == TIME_BUDGET else "done"
+    print(f"\nstudy {name} {ended} after {time.time() - started:.0f} s: {len(result.trials)} of {spec.num_samples} "
+          f"trials ({counts['completed']} completed, {by_asha} stopped early by ASHA, {dead}{cut}"
+          f"{counts['failed']} failed)")
+    if result.interrupted == TIME_BUDGET:
+        from ptplus_tune.service.storage import resume_command
+
+        print(f"give it more time with: {resume_command(name, args.storage_path)} --time-budget DURATION")
     best = result.best
     if best is None:
         print("no trial reported a result")

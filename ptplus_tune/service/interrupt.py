@@ -20,10 +20,13 @@ TUNE_HINTS = ("Stop signal received", "Experiment has been interrupted", "Trials
 
 
 LOW_DISK = "low_disk"  # a study the disk guard (service.disk) stopped: like Ctrl-C, resumable once there is room
+TIME_BUDGET = "time_budget"  # a study that used its time budget (service.budget): it ends as done, not interrupted
 _active: Interruption | None = None
 
 
 def exit_code(reason: str) -> int:
+    if reason == TIME_BUDGET:
+        return 0
     if reason == LOW_DISK:
         return 1
     return 128 + signal.Signals[reason]  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
@@ -66,7 +69,7 @@ class Interruption:
         global _active
         _active = None
         logging.getLogger("ray.tune.tune").removeFilter(self._filter)
-        if self.reason is not None:
+        if self.reason is not None and self.reason != TIME_BUDGET:
             return  # what follows (saving what was done, shutting Ray down) still quits at once on a second signal
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)

@@ -60,9 +60,17 @@ def check_new_study(url: str, name: str) -> None:
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch that, when a study is resumed, closes the Optuna trials its killed driver left RUNNING: those
-    Tune started after it last saved its state. Tune proposes their configurations again as new trials, so they
-    would otherwise stay RUNNING in the dashboard forever."""
+    """OptunaSearch that proposes nothing once the study's time budget forbids new trials (service.budget), and,
+    when a study is resumed, closes the Optuna trials its killed driver left RUNNING: those Tune started after it last
+    saved its state. Tune proposes their configurations again as new trials, so they would otherwise stay RUNNING in
+    the dashboard forever."""
+
+    def suggest(self, trial_id: str):
+        from ptplus_tune.service import budget
+
+        if not budget.allows_new_trial():
+            return None  # the time left is shorter than a trial takes; BudgetWatch ends the study
+        return super().suggest(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)

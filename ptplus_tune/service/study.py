@@ -49,7 +49,7 @@ class StudyResult:
     metric: str
     mode: str
     trials: list[TrialSummary] = field(default_factory=list)
-    interrupted: str | None = None  # what ended the study before its trials: SIGINT, SIGTERM, low_disk
+    interrupted: str | None = None  # what ended the study before its trials: SIGINT, SIGTERM, low_disk, time_budget
     optuna_storage: str = ""  # the RDB URL of its Optuna study
 
     @property
@@ -122,6 +122,8 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
     import ray
     from ray import tune
 
+    from ptplus_tune.service import budget
+    from ptplus_tune.service.budget import BudgetWatch
     from ptplus_tune.service.pack_host import remove_hosts
     from ptplus_tune.service.progress import StudyProgress, board_name, open_board
     from ptplus_tune.service.schedulers import build_scheduler
@@ -150,6 +152,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
             folder.write(TRACKING_FILE, tracking.uri)
         folder.write(OPTUNA_FILE, optuna_storage)
         progress = StudyProgress(spec.metric, spec.mode, spec.max_steps, study=name)
+        callbacks = [*callbacks, BudgetWatch(spec.max_steps, spec.num_samples)]
         if path is not None:
             callbacks = [*callbacks, DiskGuard(str(path))]
         tuner = tune.Tuner(
@@ -167,6 +170,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
             ),
         )
     board = open_board(name)
+    budget.start(spec.time_budget)  # from now, on a resumed study too
     try:
         with Interruption(f"Continue it with: {resume_command(name, storage_path)}") as interruption:
             grid = tuner.fit()
@@ -175,6 +179,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
             raise _disk_full(name, storage_path) from exc
         raise
     finally:
+        budget.start(None)
         ray.kill(board)
         remove_hosts(name)
         if path is not None:

@@ -25,7 +25,7 @@ METRICS = ("eval_accuracy", "eval_exact_match", "eval_loss", "train_loss")
 TASK_METRICS = {"classification": "eval_accuracy", "generation": "eval_exact_match"}  # what each task reports
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
 _STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "sampler",
-               "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}
+               "time_budget", "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}
 SAMPLERS = ("tpe", "random")  # Optuna's TPESampler (multivariate, grouped) or RandomSampler
 SCHEDULERS = ("asha", "none")  # ASHA early stopping, or every trial runs its full budget
 
@@ -84,6 +84,7 @@ class StudySpec:
     resources: Resources = field(default_factory=Resources)
     description: str = ""
     source: str = ""  # the file it came from
+    time_budget: float | None = None  # seconds of wall time for the study (service.budget); not part of its identity
 
     @property
     def max_steps(self) -> int:
@@ -100,7 +101,8 @@ class StudySpec:
     @property
     def sha256(self) -> str:
         """Hash of the resolved study (after overrides), stable across key order and YAML formatting."""
-        return hashlib.sha256(json.dumps(self.to_data(), sort_keys=True, default=str).encode()).hexdigest()
+        data = {k: v for k, v in self.to_data().items() if k != "time_budget"}  # the same search, given more time
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     @property
     def rungs(self) -> list[int]:
@@ -161,6 +163,7 @@ class StudySpec:
                 "num_samples": self.num_samples, "max_concurrent": self.max_concurrent, "seed": self.seed,
                 "sampler": self.sampler, **({"balance": self.balance} if self.balance else {}),
                 **({"startup_trials": self.startup_trials} if self.startup_trials is not None else {}),
+                **({"time_budget": self.time_budget} if self.time_budget is not None else {}),
                 "scheduler": {k: v for k, v in dataclasses.asdict(self.scheduler).items()
                               if not (k == "group_by" and v is None)},  # the hash of older spaces stays
                 "resources": dataclasses.asdict(self.resources),
@@ -336,6 +339,8 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
             setattr(spec, key, _number(source, key, data[key], int))
     spec.sampler = data.get("sampler", spec.sampler)
     spec.balance = data.get("balance")
+    if data.get("time_budget") is not None:
+        spec.time_budget = _duration(source, data["time_budget"])
     sched = data.get("scheduler") or {}
     if set(sched) - {"type", "grace_period", "reduction_factor", "dead_trials", "group_by"}:
         _fail(source, "scheduler", "only type, grace_period, reduction_factor, dead_trials and group_by (max budget "
@@ -377,6 +382,36 @@ def _check_trial_values(spec: StudySpec) -> None:
             except PTPlusError as exc:
                 _fail(src, f"parameter {p.name!r}", f"a trial would reject {value!r}: "
                       f"{str(exc).removeprefix(src + ': ')}")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from `90`, `90s`, `15m`, `2h`, `1h30m` or `1.5h`; ValueError if it is none of those or not > 0."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        rest, seconds = str(text).strip().lower(), 0.0
+        if rest.replace(".", "", 1).isdigit():
+            rest += "s"
+        while rest:
+            number = ""
+            while rest and (rest[0].isdigit() or rest[0] == "."):
+                number, rest = number + rest[0], rest[1:]
+            if not number or not rest or rest[0] not in DURATION_UNITS:
+                raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h, 1h30m)")
+            seconds, rest = seconds + float(number) * DURATION_UNITS[rest[0]], rest[1:]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"a duration must be > 0, got {text!r}")
+    return seconds
+
+
+def _duration(source: str, value) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        _fail(source, "time_budget", str(exc))
 
 
 def validate(spec: StudySpec) -> None:

@@ -174,9 +174,10 @@ def interrupt_study(target: Target, result) -> None:
 
 
 def finish_study(target: Target, result, spec, optuna_storage: str | None = None,
-                 registered_model: str | None = None) -> TrackingReport:
+                 registered_model: str | None = None, status: str = "finished") -> TrackingReport:
     """After the study: every trial's run ended with its status and adapter; the parent gets the best trial, the
-    trials table and plots; the best adapter is registered under `registered_model` (None: not registered)."""
+    trials table and plots; the best adapter is registered under `registered_model` (None: not registered). `status`:
+    the study run's `ptplus.status` (`time_budget` when its time ran out)."""
     from ptplus_tune.tracking.pyfunc import log_adapter
     from ptplus_tune.tracking.registry import register
     from ptplus_tune.tracking.report import log_plots, log_trials_table, study_note
@@ -228,7 +229,7 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
                          best_run.info.run_id, TRIAL_ID: best.trial_id, SPACE_SHA256: spec.sha256,
                          "ptplus.base_model": model_identity(spec.trial.get("model")),
                          "ptplus.dataset": dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET))})
-    mlflow_client.set_tag(parent, STATUS, "finished")
+    mlflow_client.set_tag(parent, STATUS, status)
     mlflow_client.set_terminated(parent, "FINISHED")
     return report
 

@@ -74,13 +74,16 @@ class TrialConfig:
     eval_generate: bool = False
     max_new_tokens: int | None = None  # generation: tokens decoded at most (None: longest reference + a margin)
     scorer: str | None = None  # generation: module:function(prediction, reference) -> [0, 1] (None: exact match)
+    # generation: evaluations before max_steps (ASHA's rungs) score only the first N validation pairs, a fixed subset
+    # every trial shares, at a fraction of the decoding time; the last step scores all (None: all at every step)
+    early_eval_size: int | None = None
     device: str = "auto"
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("prefix_length", "lora_r", "batch_size", "grad_accum", "max_steps", "max_length", "log_every",
                     "eval_batch_size", "validation_size", "test_size")
-        optional = ("eval_every", "dead_trial_step", "train_size", "max_new_tokens")
+        optional = ("eval_every", "dead_trial_step", "train_size", "max_new_tokens", "early_eval_size")
         for name in positive + optional:
             value = getattr(self, name)
             if name in optional and value is None:

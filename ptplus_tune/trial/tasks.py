@@ -39,8 +39,8 @@ class ClassificationTask:
     def named(evaluation: dict[str, float]) -> dict[str, Any]:
         return {"eval_loss": evaluation["loss"], "eval_accuracy": evaluation["accuracy"]}
 
-    def evaluate(self, model) -> dict[str, Any]:
-        return self.named(evaluate(model, *self.evaluation_data()))
+    def evaluate(self, model, final: bool = True) -> dict[str, Any]:
+        return self.named(evaluate(model, *self.evaluation_data()))  # label scoring is cheap: always all
 
     def verdict(self, metrics: dict[str, Any]) -> str | None:
         """The dead-trial rule at its step: no better than always answering the most frequent class."""
@@ -85,8 +85,13 @@ class GenerationTask:
         return evaluate_generation(model, self.encoder, pairs, self.config.eval_batch_size, self.device,
                                    self.max_new_tokens, self.scorer)
 
-    def evaluate(self, model) -> dict[str, Any]:
-        evaluation = self._evaluate(model, self.splits.validation)
+    def evaluate(self, model, final: bool = True) -> dict[str, Any]:
+        """Validation loss, exact match and a few predictions; before the last step only the first
+        `early_eval_size` pairs (the same for every trial, so ASHA compares like with like)."""
+        pairs = self.splits.validation
+        if not final and self.config.early_eval_size:
+            pairs = pairs[:self.config.early_eval_size]
+        evaluation = self._evaluate(model, pairs)
         return {"eval_loss": evaluation["loss"], "eval_exact_match": evaluation["exact_match"],
                 "predictions": evaluation["predictions"]}
 

@@ -223,7 +223,7 @@ class TrialSession:
     def evaluate(self) -> dict[str, Any]:
         """The validation figures under their metric names: `eval_loss` and the task's (`eval_accuracy`, or
         `eval_exact_match` with a few `predictions` beside their references); see trial.tasks."""
-        return self.kind.evaluate(self.model)
+        return self.kind.evaluate(self.model, final=self.step >= self.config.max_steps)
 
     def evaluation_data(self) -> tuple:
         """(encoder, validation examples, labels, batch size, device): what a classification evaluation of this

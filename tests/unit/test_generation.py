@@ -312,3 +312,13 @@ def test_a_resumed_generation_trial_reproduces_the_uninterrupted_run(tiny_trial,
     resumed = run_trial(config, resume_from=str(kept[4]))
     assert [m["step"] for m in full.history] == [4, 8, 12]
     assert comparable(resumed.history) == comparable(full.history[1:])
+
+
+def test_early_evaluations_score_a_fixed_subset_and_the_last_step_all(tiny_trial, generation_data):
+    whole = run_trial(_config(tiny_trial, generation_data, max_steps=8, eval_every=4))
+    subset = run_trial(_config(tiny_trial, generation_data, max_steps=8, eval_every=4, early_eval_size=3))
+    assert len(subset.history[0]["predictions"]) == 3 and len(whole.history[0]["predictions"]) == 5
+    assert subset.history[0]["predictions"] == whole.history[0]["predictions"][:3]  # the leading pairs, same model
+    assert subset.history[0]["eval_loss"] != whole.history[0]["eval_loss"]
+    for key in ("eval_loss", "eval_exact_match", "predictions", "train_loss"):  # the last step: all of them
+        assert subset.history[-1][key] == whole.history[-1][key]
