@@ -29,11 +29,18 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
     proc = run_cli(["--space", "default", "--gpus-per-trial", "1", "--pack", "auto", "--dry-run", "--storage-path",
                     str(tmp_path)], ray_env())
     assert "--pack auto: trials per GPU are chosen at start" in proc.stdout, proc.stdout
+    proc = run_cli(["--space", "default", "--time-budget", "1h30m", "--dry-run", "--storage-path", str(tmp_path)],
+                   ray_env())
+    assert "time_budget: 5400.0" in proc.stdout and "; time budget 5400 s" in proc.stdout, proc.stdout
+    proc = run_cli(["--space", "default", "--time-budget", "soon", "--storage-path", str(tmp_path)], ray_env())
+    assert proc.returncode == 2 and proc.stderr.strip() == ("error: --time-budget: not a duration: 'soon' (e.g. 90s, "
+                                                             "15m, 2h, 1h30m)"), proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args", [["--space", "default", "--dry-run"], ["--space", "nosuch"],
-                                  ["--space", "default", "--num-samples", "0"]])
+                                  ["--space", "default", "--num-samples", "0"],
+                                  ["--space", "default", "--time-budget", "soon"]])
 def test_a_plan_or_a_bad_input_answers_without_loading_the_heavy_libraries(tmp_path, args):
     """A dry run or a one-line error loads none of torch, transformers, peft, Ray, MLflow, Optuna (~10 s)."""
     code = ("import sys; from ptplus_tune.cli import main; rc = main(sys.argv[1:]); "
