@@ -63,6 +63,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
                              "[PTPLUS_OPTUNA_STORAGE, else optuna.db in the study's folder]")
     parser.add_argument("--name", help="study name [<space>-<date>-<time>]")
     parser.add_argument("--resume", metavar="NAME", help="continue the study NAME under --storage-path")
+    parser.add_argument("--warm-start", metavar="STUDY[,STUDY...]", help="start from earlier studies under "
+                        "--storage-path: their best configurations run first, and when they searched the same "
+                        "space on the same model and data, TPE also starts from their finished trials")
     parser.add_argument("--time-budget", metavar="DURATION", help="wall time for the study, e.g. 90s, 15m, 2h, "
                         "1h30m: no trial starts that would likely not finish, and at the deadline the running trials "
                         "stop and save; the best evaluated trial is registered as usual (--resume NAME --time-budget "
@@ -228,6 +231,7 @@ class Study:
     path: Any  # service.storage.StudyDir
     resume: bool
     pack_pending: bool = False  # --pack auto on a GPU: measured once Ray is connected
+    warm_start: Any = None  # service.warm_start.WarmStart, read when the study is checked
 
 
 @dataclass
@@ -259,6 +263,8 @@ def resolve_study(args) -> Study:
     from ptplus_tune.spaces import load_space
 
     if args.resume:
+        if args.warm_start:
+            raise PTPlusError("--warm-start starts a new study; a resumed one keeps what it has")
         if args.space:
             print("note: --resume uses the study's saved space; --space is ignored", file=sys.stderr)
         spec = saved_spec(args.storage_path, args.resume)
@@ -270,7 +276,12 @@ def resolve_study(args) -> Study:
         spec.time_budget = _time_budget(args)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new(args.storage_path, name)
-    return Study(name, spec, StudyDir(args.storage_path, name), resume=False, pack_pending=pending)
+    warm = None
+    if args.warm_start:
+        from ptplus_tune.service.warm_start import load_warm_start
+
+        warm = load_warm_start([s.strip() for s in args.warm_start.split(",") if s.strip()], args.storage_path, spec)
+    return Study(name, spec, StudyDir(args.storage_path, name), resume=False, pack_pending=pending, warm_start=warm)
 
 
 def _time_budget(args) -> float | None:
@@ -332,13 +343,17 @@ def run(args, study: Study, connections: Connections):
     spec = study.spec
     print(f"{'resuming' if study.resume else 'starting'} {_plan(spec, study.name, study.path, concurrency(spec))}; "
           f"on {connections.where}", file=sys.stderr)
+    if study.warm_start is not None:
+        print(study.warm_start.describe(), file=sys.stderr)
     wanted = "" if args.no_register else args.registered_model or (None if study.resume else
                                                                    default_registered_model(spec))
-    target = open_study(connections.tracking_uri, spec, study.name, resume=study.resume, registered_model=wanted)
+    tags = {"ptplus.warm_start": ",".join(study.warm_start.sources)} if study.warm_start is not None else {}
+    target = open_study(connections.tracking_uri, spec, study.name, resume=study.resume, registered_model=wanted,
+                        tags=tags)
     view = display.attach(study.name, args.quiet)
     try:
         result = run_study(spec, study.name, args.storage_path, resume=study.resume, tracking=target,
-                           optuna_storage=connections.optuna_storage)
+                           optuna_storage=connections.optuna_storage, warm_start=study.warm_start)
     finally:
         display.detach(view)
     return target, result

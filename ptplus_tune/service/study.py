@@ -67,8 +67,10 @@ class StudyResult:
                       key=lambda t: t.metrics[self.metric], reverse=self.mode == "max")
 
 
-def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage: str | None = None):
-    """`optuna_storage`: an RDB URL; None: `optuna.db` in the local study folder `path`."""
+def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage: str | None = None,
+                   warm_start=None):
+    """`optuna_storage`: an RDB URL; None: `optuna.db` in the local study folder `path`. `warm_start`: a
+    service.warm_start.WarmStart whose configurations run first and whose finished trials TPE starts from."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
@@ -80,15 +82,22 @@ def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage
     else:
         sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed,
                                              n_startup_trials=spec.n_startup_trials)
+    points = []
+    if warm_start is not None:
+        from ptplus_tune.service.warm_start import seed_study
+
+        seed_study(warm_start, storage, name, "maximize" if spec.mode == "max" else "minimize")
+        points += warm_start.points
     # `balance`: partial points, enqueued in the Optuna study; each pins one parameter, the sampler proposes the rest.
+    points += spec.balanced_points()
     searcher = StudySearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
-                            study_name=name, storage=storage, points_to_evaluate=spec.balanced_points() or None)
+                            study_name=name, storage=storage, points_to_evaluate=points or None)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
 
 def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = False,
               trainable: Callable | None = None, callbacks: Sequence = (), max_failures: int = 2,
-              tracking=None, stop=None, optuna_storage: str | None = None) -> StudyResult:
+              tracking=None, stop=None, optuna_storage: str | None = None, warm_start=None) -> StudyResult:
     """Run (or continue) a study on Ray Tune: OptunaSearch proposes, ASHA stops, every trial checkpoints at each
     evaluation. Ray must be initialised (`ptplus_tune.service.connect`).
 
@@ -104,6 +113,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         stop (optional): a Tune stopping condition, e.g. a `tune.Stopper` that ends the study at a target.
         optuna_storage (`str`, optional): an RDB URL for a new study's Optuna study (default: `optuna.db` in its
             folder).
+        warm_start (`service.warm_start.WarmStart`, optional): a new study's start from earlier studies.
 
     Returns:
         `StudyResult`: every trial's configuration, last report, status and checkpoint; `best` and `ranked` by the
@@ -158,7 +168,7 @@ def run_study(spec: StudySpec, name: str, storage_path: str, *, resume: bool = F
         tuner = tune.Tuner(
             runnable,
             tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode,
-                                        search_alg=build_searcher(spec, name, path, optuna_storage),
+                                        search_alg=build_searcher(spec, name, path, optuna_storage, warm_start),
                                         scheduler=build_scheduler(spec), num_samples=spec.num_samples,
                                         reuse_actors=True),  # warm workers: base model and data stay loaded
             run_config=tune.RunConfig(

@@ -69,10 +69,11 @@ def _log_params(mlflow_client, run_id: str, params: dict[str, Any]) -> None:
         mlflow_client.log_batch(run_id, params=items[start:start + 100])
 
 
-def open_study(uri: str, spec, name: str, resume: bool, registered_model: str | None = None) -> Target:
+def open_study(uri: str, spec, name: str, resume: bool, registered_model: str | None = None,
+               tags: dict[str, str] | None = None) -> Target:
     """The study's experiment and parent run: new ones, or with `resume` the existing ones (reopened).
     `registered_model` ("" for none) is kept on the study run, so that a resumed study registers where the study
-    was meant to unless told otherwise (None)."""
+    was meant to unless told otherwise (None). `tags`: more tags on a new study run (e.g. `ptplus.warm_start`)."""
     import mlflow
 
     check_reachable(uri)
@@ -94,7 +95,8 @@ def open_study(uri: str, spec, name: str, resume: bool, registered_model: str | 
     if parent is None:
         parent = mlflow_client.create_run(experiment_id, run_name=name,
                                           tags={STUDY: name, SPACE_SHA256: spec.sha256, **_versions(),
-                                                NOTE: spec.description or "", REGISTERED_MODEL: registered_model or ""})
+                                                NOTE: spec.description or "", REGISTERED_MODEL: registered_model or "",
+                                                **(tags or {})})
         _log_params(mlflow_client, parent.info.run_id, _study_params(spec))
         mlflow_client.log_text(parent.info.run_id, spec.to_yaml(), "study_space.yaml")
     else:
