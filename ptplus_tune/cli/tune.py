@@ -106,13 +106,15 @@ def _apply_overrides(spec, args) -> bool:
 
 def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> str:
     res = spec.resources
-    sampler = "TPE" if spec.sampler == "tpe" else "random search"
+    sampler = {"tpe": "TPE", "random": "random search", "nsga2": "NSGA-II"}[spec.sampler]
     if spec.sampler == "tpe":
         sampler += f" after {spec.n_startup_trials} random start-up trials"
     stopping = (f"ASHA may stop trials at steps {spec.rungs} of {spec.max_steps}" if spec.scheduler.type == "asha"
                 else f"no early stopping: every trial runs {spec.max_steps} steps")
     if spec.scheduler.type == "asha" and spec.scheduler.group_by:
         stopping += f", each compared only with trials of its own {spec.scheduler.group_by}"
+    if spec.scheduler.type == "asha" and spec.objectives:
+        stopping += " (ranked by Pareto fronts, then crowding distance)"
     policy = spec.trial_policy()
     evaluations = sorted(set(policy["eval_steps"]) | {spec.max_steps})
     every = spec.trial.get("eval_every")
@@ -127,7 +129,13 @@ def _plan(spec, name: str, path, concurrency: tuple[int, int] | None = None) -> 
     balance = f"; trials take turns over {spec.balance} ({', '.join(map(str, spec.parameter(spec.balance).choices))})" \
         if spec.balance else ""
     return (f"study {name}: {spec.num_samples} trials, {_at_once(spec, concurrency)}, {_each(res)}; {sampler} "
-            f"(seed {spec.seed}) optimises {spec.metric} ({spec.mode}){balance}; {stopping}; state in {path}")
+            f"(seed {spec.seed}) optimises {_goal(spec)}{balance}; {stopping}; state in {path}")
+
+
+def _goal(spec) -> str:
+    if not spec.objectives:
+        return f"{spec.metric} ({spec.mode})"
+    return "the Pareto front of " + ", ".join(f"{m} ({mode})" for m, mode in spec.objectives)
 
 
 def _at_once(spec, concurrency: tuple[int, int] | None) -> str:
@@ -207,6 +215,7 @@ def check_inputs(spec) -> None:
         print(f"note: {config.dataset} is a {splits.task} task; the study optimises {wanted} instead of "
               f"{spec.metric}", file=sys.stderr)
         spec.metric, spec.mode = wanted, "max"
+        spec.objectives = [(wanted, "max") if m in other else (m, d) for m, d in spec.objectives]
 
 
 def _tracked(action, uri: str, name: str, storage_path: str):
@@ -378,6 +387,23 @@ def report_interrupted(args, study: Study, target, result, started: float) -> in
     return exit_code(result.interrupted)
 
 
+def _pareto_table(result, objectives) -> str:
+    front = result.pareto_front(objectives)
+    done = sum(t.status == "completed" for t in result.trials)
+    names = [f"{m} ({mode})" for m, mode in objectives]
+    head = f"\nPareto front: {len(front)} of the {done} completed trials on " + ", ".join(names)
+    rows = [[t.trial_id, *(_figure(t.metrics[m]) for m, _ in objectives),
+             ", ".join(f"{k}={v}" for k, v in sorted(t.config.items()))] for t in front]
+    widths = [max(len(str(r[i])) for r in [["trial", *names, "configuration"], *rows]) for i in range(len(names) + 2)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in [["trial", *names, "configuration"], *rows]]
+    return "\n".join([head, *lines])
+
+
+def _figure(value) -> str:
+    return f"{value:,}" if isinstance(value, int) or float(value).is_integer() else f"{value:.4f}"
+
+
 def report_done(args, study: Study, connections: Connections, target, result, started: float) -> int:
     """Log the study to MLflow (ranking, registry) and print its summary."""
     from ptplus_tune.service.optuna_store import display_url
@@ -411,6 +437,8 @@ def report_done(args, study: Study, connections: Connections, target, result, st
         print("no trial reported a result")
         return 1
     print(_table(result, args.top))
+    if spec.objectives:
+        print(_pareto_table(result, spec.objectives))
     print(f"\nbest {result.metric}: {best.metrics[result.metric]:.4f} (trial {best.trial_id}, step "
           f"{best.metrics.get('step')})")
     print("best configuration:")

@@ -65,6 +65,16 @@ class StudySearch(OptunaSearch):
     saved its state. Tune proposes their configurations again as new trials, so they would otherwise stay RUNNING in
     the dashboard forever."""
 
+    max_steps: int | None = None  # the study's budget per trial (set by build_searcher)
+
+    # With several objectives a trial ASHA stopped is PRUNED in Optuna, not COMPLETE with a lower rung's values
+    # (what OptunaSearch records): the Pareto front and MOTPE then see only trials that ran their whole budget.
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if (isinstance(self.metric, list) and result and self.max_steps is not None
+                and result.get("step", 0) < self.max_steps):
+            result = None  # OptunaSearch tells a trial without values that did not fail as PRUNED
+        super().on_trial_complete(trial_id, result, error)
+
     def suggest(self, trial_id: str):
         from ptplus_tune.service import budget
 

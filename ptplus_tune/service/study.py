@@ -60,6 +60,16 @@ class StudyResult:
         pick = max if self.mode == "max" else min
         return pick(scored, key=lambda t: t.metrics[self.metric])
 
+    def pareto_front(self, objectives: Sequence[tuple[str, str]]) -> list[TrialSummary]:
+        """The completed trials (those that ran their whole budget) that no other completed trial dominates on
+        `objectives` [(metric, mode), ...], best first on the first objective."""
+        from ptplus_tune.spaces.pareto import pareto_front, signed
+
+        done = [t for t in self.trials if t.status == "completed" and all(
+            isinstance(t.metrics.get(m), (int, float)) for m, _ in objectives)]
+        front = [done[i] for i in pareto_front([signed(t.metrics, objectives) for t in done])]
+        return sorted(front, key=lambda t: signed(t.metrics, objectives), reverse=True)
+
     @property
     def ranked(self) -> list[TrialSummary]:
         """The trials that reported the metric, best first."""
@@ -79,19 +89,26 @@ def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage
     storage = open_storage(optuna_storage or local_storage(path))
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
-    else:
+    elif spec.sampler == "nsga2":
+        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed)
+    else:  # TPE; with several objectives Optuna's TPE is multi-objective (MOTPE)
         sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed,
                                              n_startup_trials=spec.n_startup_trials)
     points = []
     if warm_start is not None:
         from ptplus_tune.service.warm_start import seed_study
 
+        if spec.objectives:
+            raise PTPlusError("--warm-start works with one objective so far")
         seed_study(warm_start, storage, name, "maximize" if spec.mode == "max" else "minimize")
         points += warm_start.points
     # `balance`: partial points, enqueued in the Optuna study; each pins one parameter, the sampler proposes the rest.
     points += spec.balanced_points()
-    searcher = StudySearch(space=define_by_run(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
+    metric, mode = ([m for m, _ in spec.objectives], [d for _, d in spec.objectives]) if spec.objectives else \
+        (spec.metric, spec.mode)
+    searcher = StudySearch(space=define_by_run(spec), metric=metric, mode=mode, sampler=sampler,
                             study_name=name, storage=storage, points_to_evaluate=points or None)
+    searcher.max_steps = spec.max_steps
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
 
 

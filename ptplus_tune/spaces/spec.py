@@ -24,9 +24,11 @@ PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_exact_match", "eval_loss", "train_loss")
 TASK_METRICS = {"classification": "eval_accuracy", "generation": "eval_exact_match"}  # what each task reports
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
-_STUDY_KEYS = {"name", "description", "metric", "mode", "num_samples", "max_concurrent", "seed", "sampler",
-               "time_budget", "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}
-SAMPLERS = ("tpe", "random")  # Optuna's TPESampler (multivariate, grouped) or RandomSampler
+_STUDY_KEYS = {"name", "description", "metric", "mode", "objectives", "num_samples", "max_concurrent", "seed",
+               "sampler", "time_budget", "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}
+SAMPLERS = ("tpe", "random", "nsga2")  # Optuna's TPESampler (multivariate, grouped), RandomSampler, NSGAIISampler
+# What `objectives:` may hold: the evaluation metrics, and cost figures every report carries
+COST_METRICS = ("trainable_params", "peak_mem_mb", "train_step_ms")
 SCHEDULERS = ("asha", "none")  # ASHA early stopping, or every trial runs its full budget
 
 
@@ -85,6 +87,9 @@ class StudySpec:
     description: str = ""
     source: str = ""  # the file it came from
     time_budget: float | None = None  # seconds of wall time for the study (service.budget); not part of its identity
+    # several objectives, [(metric, mode), ...]; the first is `metric`/`mode` (what picks the champion by default).
+    # Empty: one objective, `metric`/`mode`.
+    objectives: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def max_steps(self) -> int:
@@ -164,6 +169,8 @@ class StudySpec:
                 "sampler": self.sampler, **({"balance": self.balance} if self.balance else {}),
                 **({"startup_trials": self.startup_trials} if self.startup_trials is not None else {}),
                 **({"time_budget": self.time_budget} if self.time_budget is not None else {}),
+                **({"objectives": [{"metric": m, "mode": mode} for m, mode in self.objectives]}
+                   if self.objectives else {}),
                 "scheduler": {k: v for k, v in dataclasses.asdict(self.scheduler).items()
                               if not (k == "group_by" and v is None)},  # the hash of older spaces stays
                 "resources": dataclasses.asdict(self.resources),
@@ -328,10 +335,18 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
 
     spec = StudySpec(name=str(data.get("name") or default_name), parameters=params, trial=trial, source=source,
                      description=str(data.get("description", "")))
+    if data.get("objectives") is not None:
+        spec.objectives = _objectives(source, data["objectives"])
+        first = {"metric": spec.objectives[0][0], "mode": spec.objectives[0][1]}
+        for key in ("metric", "mode"):
+            if data.get(key) is not None and data[key] != first[key]:
+                _fail(source, key, f"{data[key]!r} is not the first objective's {first[key]!r}; drop {key} (the "
+                                   f"first objective is the study's {key})")
+        spec.metric, spec.mode = spec.objectives[0]
     spec.metric = data.get("metric", spec.metric)
     if spec.metric not in METRICS:
         _fail(source, "metric", f"unknown metric {spec.metric!r}; choose one of {', '.join(METRICS)}")
-    spec.mode = data.get("mode", "min" if spec.metric.endswith("loss") else "max")
+    spec.mode = data.get("mode", spec.mode if spec.objectives else _default_mode(spec.metric))
     if spec.mode not in ("min", "max"):
         _fail(source, "mode", f"must be min or max, got {spec.mode!r}")
     for key in ("num_samples", "max_concurrent", "seed", "startup_trials"):
@@ -382,6 +397,29 @@ def _check_trial_values(spec: StudySpec) -> None:
             except PTPlusError as exc:
                 _fail(src, f"parameter {p.name!r}", f"a trial would reject {value!r}: "
                       f"{str(exc).removeprefix(src + ': ')}")
+
+
+def _default_mode(metric: str) -> str:
+    return "min" if metric.endswith("loss") or metric in COST_METRICS else "max"
+
+
+def _objectives(source: str, raw) -> list[tuple[str, str]]:
+    """`objectives: [{metric: eval_accuracy, mode: max}, {metric: trainable_params, mode: min}]`."""
+    known = (*METRICS, *COST_METRICS)
+    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(o, dict) and "metric" in o for o in raw):
+        _fail(source, "objectives", "a list of two or more {metric, mode} (one objective: use metric and mode)")
+    out = []
+    for i, item in enumerate(raw):
+        metric, mode = item["metric"], item.get("mode", _default_mode(str(item["metric"])))
+        if set(item) - {"metric", "mode"} or metric not in known or mode not in ("min", "max"):
+            _fail(source, f"objectives[{i}]", f"{item!r}: metric one of {', '.join(known)}, mode min or max")
+        out.append((metric, mode))
+    if out[0][0] not in METRICS:
+        _fail(source, "objectives[0]", f"the first objective is the quality the champion is picked by: one of "
+                                       f"{', '.join(METRICS)}, got {out[0][0]!r}")
+    if len({m for m, _ in out}) < len(out):
+        _fail(source, "objectives", "each metric once")
+    return out
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -441,6 +479,8 @@ def validate(spec: StudySpec) -> None:
         target = spec.parameter(value) if isinstance(value, str) else None
         if value is not None and (target is None or target.type != "categorical" or target.when):
             _fail(src, where, f"must name a categorical parameter without `when`, got {value!r}")
+    if spec.objectives and spec.scheduler.group_by:
+        _fail(src, "scheduler.group_by", "is for one objective; with several, trials are ranked by Pareto fronts")
     if spec.scheduler.type not in SCHEDULERS:
         _fail(src, "scheduler.type", f"must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler.type!r}")
     if spec.scheduler.reduction_factor < 2:

@@ -175,6 +175,25 @@ def interrupt_study(target: Target, result) -> None:
     mlflow_client.set_terminated(target.parent_run_id, "KILLED")
 
 
+PARETO = "ptplus.pareto"  # on every trial run of a study with several objectives: true / false
+
+
+def log_pareto(mlflow_client, parent: str, result, objectives, runs: dict) -> None:
+    """`ptplus.pareto` on each trial's run (whether it is on the front of the completed trials) and the front as
+    `pareto.csv` on the study run."""
+    front = result.pareto_front(objectives)
+    on_front = {t.trial_id for t in front}
+    for trial in result.trials:
+        mlflow_client.set_tag(runs[trial.trial_id].info.run_id, PARETO, str(trial.trial_id in on_front).lower())
+    names = [m for m, _ in objectives]
+    keys = sorted({k for t in front for k in t.config})
+    lines = [",".join(["trial_id", "run_id", *names, *keys])]
+    for t in front:
+        lines.append(",".join([t.trial_id, runs[t.trial_id].info.run_id, *(repr(t.metrics[m]) for m in names),
+                               *(str(t.config.get(k, "")) for k in keys)]))
+    mlflow_client.log_text(parent, "\n".join(lines) + "\n", "pareto.csv")
+
+
 def finish_study(target: Target, result, spec, optuna_storage: str | None = None,
                  registered_model: str | None = None, status: str = "finished") -> TrackingReport:
     """After the study: every trial's run ended with its status and adapter; the parent gets the best trial, the
@@ -202,6 +221,8 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
     report = TrackingReport(target.experiment_id, target.parent_run_id,
                             ranked_run_ids=[runs[t.trial_id].info.run_id for t in result.ranked])
     parent = target.parent_run_id
+    if spec.objectives:
+        log_pareto(mlflow_client, parent, result, spec.objectives, runs)
     log_trials_table(mlflow_client, parent, result, runs)
     mlflow_client.set_tag(parent, NOTE, study_note(result, spec, runs)[:7900])  # MLflow's tag size limit
     if optuna_storage:

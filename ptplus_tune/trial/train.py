@@ -120,7 +120,7 @@ class TrialSession:
         self.train_loss = float("nan")
         self.pack_trials = 1  # trials on this base model at once (Session protocol; a RemoteSession: its pack's)
         self._window: list[float] = []
-        self._tokens, self._train_seconds = 0, 0.0
+        self._tokens, self._train_seconds, self._timed_steps = 0, 0.0, 0
 
     @property
     def model_loads(self) -> int:
@@ -173,6 +173,7 @@ class TrialSession:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self._train_seconds += seconds
+        self._timed_steps += 1
         return sum(losses) / len(losses)
 
     def train_step(self) -> float:
@@ -237,6 +238,7 @@ class TrialSession:
         metrics: dict[str, Any] = {
             "step": self.step, "train_loss": self.train_loss, **evaluation,
             "tokens_per_s": self._tokens / max(self._train_seconds, 1e-9),
+            "train_step_ms": 1000 * self._train_seconds / max(self._timed_steps, 1),
             "peak_mem_mb": peak_memory_mb(self.device), "trainable_params": self.trainable,
         }
         if (config.dead_trial_step is not None and not self.dead_checked and self.step >= config.dead_trial_step
@@ -248,7 +250,7 @@ class TrialSession:
         elif self.stop_reason is not None:
             metrics["stop_reason"] = self.stop_reason
             log.info("trial stopped at step %d: %s", self.step, self.stop_reason)
-        self._tokens, self._train_seconds = 0, 0.0
+        self._tokens, self._train_seconds, self._timed_steps = 0, 0.0, 0
         return metrics
 
     def close(self) -> None:

@@ -144,7 +144,7 @@ def test_trials_on_one_host_give_exactly_what_fresh_processes_give(tiny_trial):
     equals the same configuration trained on a freshly loaded model, and the model is loaded once."""
     from ptplus_tune.trial import ModelHost
 
-    timing = ("tokens_per_s", "peak_mem_mb")
+    timing = ("tokens_per_s", "peak_mem_mb", "train_step_ms")
     host = ModelHost()
     configs = [{"method": "ptplus", "feature_map": "elu"}, {"method": "prefix_tuning", "prefix_length": 3},
                {"method": "lora"}, {"method": "ptplus", "feature_map": "mlp", "memory": "full"}]

@@ -16,7 +16,7 @@ from tests.tiny_models import randomise_adapter, tiny_gpt2, tiny_llama, tiny_mis
 SHAPES = [tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3, tiny_gpt2]
 MIXED = [PTPlusConfig("elu", "slots", 3), PTPlusConfig("mlp", "full", 5, feature_dim=6),
          PTPlusConfig("gelu", "slots", 7, layers=[1]), PTPlusConfig("elu_plus_one", "full", 2)]
-TIMING = {"tokens_per_s", "peak_mem_mb"}
+TIMING = {"tokens_per_s", "peak_mem_mb", "train_step_ms"}
 
 
 @pytest.mark.parametrize("make", SHAPES)

@@ -16,7 +16,7 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.trial import TrialConfig, run_trial, score_labels
 from ptplus_tune.trial.evaluate import evaluate
 
-TIMING = {"tokens_per_s", "peak_mem_mb"}
+TIMING = {"tokens_per_s", "peak_mem_mb", "train_step_ms"}
 
 
 def _comparable(history):
