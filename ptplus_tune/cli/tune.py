@@ -76,6 +76,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
                         "NAME [ptplus-<dataset>; --resume: what the study was started with]")
     parser.add_argument("--no-register", action="store_true", help="do not register the best adapter (--resume "
                         "remembers it)")
+    parser.add_argument("--register-front", action="store_true", help="a Pareto study (objectives:): also register "
+                        "every other member of the front as a version of the registered model, its objectives as "
+                        "tags (no alias)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and plan, start nothing")
     parser.add_argument("--top", type=int, default=5, help="trials in the final table [5]")
     parser.add_argument("-q", "--quiet", action="store_true", help="plain event lines instead of the live view "
@@ -278,11 +281,13 @@ def resolve_study(args) -> Study:
             print("note: --resume uses the study's saved space; --space is ignored", file=sys.stderr)
         spec = saved_spec(args.storage_path, args.resume)
         spec.time_budget = _time_budget(args)  # a resumed study is given new time, or none
+        _check_front_flag(args, spec)
         return Study(args.resume, spec, StudyDir(args.storage_path, args.resume), resume=True)
     spec = load_space(args.space or "default")
     pending = _apply_overrides(spec, args)
     if args.time_budget is not None:
         spec.time_budget = _time_budget(args)
+    _check_front_flag(args, spec)
     name = args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_new(args.storage_path, name)
     warm = None
@@ -291,6 +296,11 @@ def resolve_study(args) -> Study:
 
         warm = load_warm_start([s.strip() for s in args.warm_start.split(",") if s.strip()], args.storage_path, spec)
     return Study(name, spec, StudyDir(args.storage_path, name), resume=False, pack_pending=pending, warm_start=warm)
+
+
+def _check_front_flag(args, spec) -> None:
+    if args.register_front and not spec.objectives:
+        raise PTPlusError("--register-front registers a Pareto front: the space needs several `objectives`")
 
 
 def _time_budget(args) -> float | None:
@@ -414,7 +424,7 @@ def report_done(args, study: Study, connections: Connections, target, result, st
         target.registered_model or None
     print(f"logging the study to MLflow ({tracking_uri}) ...", file=sys.stderr)
     tracked = _tracked(lambda: finish_study(target, result, spec, optuna_storage=result.optuna_storage,
-                                            registered_model=registered_model,
+                                            registered_model=registered_model, register_front=args.register_front,
                                             status="time_budget" if result.interrupted == TIME_BUDGET else "finished"),
                        tracking_uri, name, args.storage_path)
 
@@ -432,15 +442,16 @@ def report_done(args, study: Study, connections: Connections, target, result, st
         from ptplus_tune.service.storage import resume_command
 
         print(f"give it more time with: {resume_command(name, args.storage_path)} --time-budget DURATION")
-    best = result.best
+    best = result.champion(spec)
     if best is None:
         print("no trial reported a result")
         return 1
     print(_table(result, args.top))
     if spec.objectives:
         print(_pareto_table(result, spec.objectives))
+    rule = f", picked from the front by select {json.dumps(spec.select)}" if spec.select else ""
     print(f"\nbest {result.metric}: {best.metrics[result.metric]:.4f} (trial {best.trial_id}, step "
-          f"{best.metrics.get('step')})")
+          f"{best.metrics.get('step')}{rule})")
     print("best configuration:")
     for key, value in sorted(best.config.items()):
         print(f"  {key}: {value}")
@@ -454,6 +465,9 @@ def report_done(args, study: Study, connections: Connections, target, result, st
         held = f", replacing version {reg.previous_champion}" if reg.alias == "champion" and reg.previous_champion \
             else (f"; champion stays version {reg.previous_champion}" if reg.previous_champion else "")
         print(f"registered: models:/{reg.name}/{reg.version} as @{reg.alias}{held}")
+        if tracked.front_versions:
+            print(f"registered the rest of the Pareto front: versions {', '.join(tracked.front_versions)} of "
+                  f"{reg.name} (tag ptplus.pareto=true, objectives as ptplus.objective.* tags)")
     print(f"mlflow ui: {ui_hint(tracking_uri, tracked.experiment_id)}")
     top = tracked.ranked_run_ids[:max(args.top, 2)]
     if len(top) >= 2:

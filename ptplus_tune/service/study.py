@@ -70,6 +70,17 @@ class StudyResult:
         front = [done[i] for i in pareto_front([signed(t.metrics, objectives) for t in done])]
         return sorted(front, key=lambda t: signed(t.metrics, objectives), reverse=True)
 
+    def champion(self, spec: StudySpec) -> TrialSummary | None:
+        """The trial the registry gets: in a Pareto study with a `select` rule, the front member it picks (the best
+        on the first objective when no trial completed); otherwise the best on the metric."""
+        if spec.objectives and spec.select:
+            from ptplus_tune.spaces.pareto import select
+
+            front = self.pareto_front(spec.objectives)
+            if front:
+                return front[select([t.metrics for t in front], spec.select, spec.objectives)]
+        return self.best
+
     @property
     def ranked(self) -> list[TrialSummary]:
         """The trials that reported the metric, best first."""

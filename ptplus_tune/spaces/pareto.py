@@ -64,3 +64,26 @@ def ranked(vectors: Sequence[Vector]) -> list[int]:
 
 def pareto_front(vectors: Sequence[Vector]) -> list[int]:
     return fronts(vectors)[0] if vectors else []
+
+
+def select(metrics: Sequence[Mapping[str, float]], rule: Mapping, objectives: Sequence[tuple[str, str]]) -> int:
+    """The index of the member of a front that `rule` picks, e.g. {"min": "trainable_params", "within":
+    {"eval_accuracy": 0.01}}: among the members within each `within` tolerance of the front's best value of that
+    objective, the one with the smallest (`min`) or largest (`max`) value of its metric; ties go to the better first
+    objective, then the earlier member."""
+    modes = dict(objectives)
+    keep = list(range(len(metrics)))
+    for metric, tolerance in (rule.get("within") or {}).items():
+        values = [metrics[i][metric] for i in keep]
+        best = max(values) if modes[metric] == "max" else min(values)
+        keep = [i for i in keep if abs(metrics[i][metric] - best) <= tolerance + 1e-12]
+    direction = "min" if "min" in rule else "max"
+    target = rule[direction]
+    first, first_mode = objectives[0]
+
+    def key(i):
+        value = metrics[i][target] if direction == "min" else -metrics[i][target]
+        tie = -metrics[i][first] if first_mode == "max" else metrics[i][first]
+        return value, tie, i
+
+    return min(keep, key=key)

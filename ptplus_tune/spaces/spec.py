@@ -24,7 +24,7 @@ PARAMETER_TYPES = ("float", "int", "categorical", "fixed")
 METRICS = ("eval_accuracy", "eval_exact_match", "eval_loss", "train_loss")
 TASK_METRICS = {"classification": "eval_accuracy", "generation": "eval_exact_match"}  # what each task reports
 _CHOICES = {"method": METHODS, "feature_map": FEATURE_MAPS, "memory": MEMORIES}
-_STUDY_KEYS = {"name", "description", "metric", "mode", "objectives", "num_samples", "max_concurrent", "seed",
+_STUDY_KEYS = {"name", "description", "metric", "mode", "objectives", "select", "num_samples", "max_concurrent", "seed",
                "sampler", "time_budget", "startup_trials", "balance", "scheduler", "resources", "trial", "parameters"}
 SAMPLERS = ("tpe", "random", "nsga2")  # Optuna's TPESampler (multivariate, grouped), RandomSampler, NSGAIISampler
 # What `objectives:` may hold: the evaluation metrics, and cost figures every report carries
@@ -90,6 +90,7 @@ class StudySpec:
     # several objectives, [(metric, mode), ...]; the first is `metric`/`mode` (what picks the champion by default).
     # Empty: one objective, `metric`/`mode`.
     objectives: list[tuple[str, str]] = field(default_factory=list)
+    select: dict[str, Any] | None = None  # how the champion is picked from the front (spaces.pareto.select)
 
     @property
     def max_steps(self) -> int:
@@ -171,6 +172,7 @@ class StudySpec:
                 **({"time_budget": self.time_budget} if self.time_budget is not None else {}),
                 **({"objectives": [{"metric": m, "mode": mode} for m, mode in self.objectives]}
                    if self.objectives else {}),
+                **({"select": self.select} if self.select else {}),
                 "scheduler": {k: v for k, v in dataclasses.asdict(self.scheduler).items()
                               if not (k == "group_by" and v is None)},  # the hash of older spaces stays
                 "resources": dataclasses.asdict(self.resources),
@@ -343,6 +345,8 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "study")
                 _fail(source, key, f"{data[key]!r} is not the first objective's {first[key]!r}; drop {key} (the "
                                    f"first objective is the study's {key})")
         spec.metric, spec.mode = spec.objectives[0]
+    if data.get("select") is not None:
+        spec.select = _select(source, data["select"], spec.objectives)
     spec.metric = data.get("metric", spec.metric)
     if spec.metric not in METRICS:
         _fail(source, "metric", f"unknown metric {spec.metric!r}; choose one of {', '.join(METRICS)}")
@@ -420,6 +424,26 @@ def _objectives(source: str, raw) -> list[tuple[str, str]]:
     if len({m for m, _ in out}) < len(out):
         _fail(source, "objectives", "each metric once")
     return out
+
+
+def _select(source: str, raw, objectives: list[tuple[str, str]]) -> dict[str, Any]:
+    """`select: {min: trainable_params, within: {eval_accuracy: 0.01}}`: the champion rule of a Pareto study."""
+    names = [m for m, _ in objectives]
+    example = "e.g. {min: trainable_params, within: {eval_accuracy: 0.01}}"
+    if not objectives:
+        _fail(source, "select", "picks the champion from a Pareto front: it needs `objectives`")
+    if not isinstance(raw, dict) or len({"min", "max"} & set(raw)) != 1 or set(raw) - {"min", "max", "within"}:
+        _fail(source, "select", f"one of min or max (an objective's metric) and optionally within; {example}")
+    within = raw.get("within") or {}
+    target = raw.get("min", raw.get("max"))
+    if target not in names or not isinstance(within, dict) or set(within) - set(names):
+        _fail(source, "select", f"name metrics among the objectives ({', '.join(names)}); {example}")
+    for metric, tolerance in within.items():
+        _number(source, f"select.within.{metric}", tolerance)
+        if tolerance < 0:
+            _fail(source, f"select.within.{metric}", "must be >= 0")
+    return {**({"min": target} if "min" in raw else {"max": target}),
+            **({"within": {k: float(v) for k, v in within.items()}} if within else {})}
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

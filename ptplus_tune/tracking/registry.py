@@ -53,20 +53,25 @@ def _ensure_registered_model(mlflow_client, name: str) -> None:
                 raise
 
 
+def add_version(mlflow_client, name: str, model_uri: str, run_id: str, tags: dict[str, str]):
+    """A new version of `name` (created if needed) for the logged model `model_uri`, without an alias."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _ensure_registered_model(mlflow_client, name)
+        return mlflow_client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
+                                                  model_id=model_uri.removeprefix("models:/"))
+    except MlflowException as exc:
+        raise PTPlusError(f"could not register {model_uri} as {name!r}: {first_line(exc.message, limit=1000)}") from exc
+
+
 def register(mlflow_client, name: str, model_uri: str, run_id: str, *, metric: str, mode: str, value: float,
              eval_sha256: str, lineage: dict[str, str]) -> Registration:
     """Register the logged model `model_uri` (`models:/<model id>`, logged by `run_id`) as a new version of `name`
     with its lineage tags, then give it the alias `champion` or `challenger`."""
-    from mlflow.exceptions import MlflowException
-
     tags = {**lineage, METRIC: metric, METRIC_MODE: mode, METRIC_VALUE: repr(float(value)), EVAL_SHA256: eval_sha256}
     champion = current_champion(mlflow_client, name)
-    try:
-        _ensure_registered_model(mlflow_client, name)
-        version = mlflow_client.create_model_version(name, model_uri, run_id=run_id, tags=tags,
-                                                     model_id=model_uri.removeprefix("models:/"))
-    except MlflowException as exc:
-        raise PTPlusError(f"could not register {model_uri} as {name!r}: {first_line(exc.message, limit=1000)}") from exc
+    version = add_version(mlflow_client, name, model_uri, run_id, tags)
     comparable = (champion is not None and champion.tags.get(METRIC) == metric
                   and champion.tags.get(EVAL_SHA256) == eval_sha256 and METRIC_VALUE in champion.tags)
     if champion is None or (comparable and _beats(value, float(champion.tags[METRIC_VALUE]), mode)):

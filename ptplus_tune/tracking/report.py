@@ -46,7 +46,7 @@ def study_note(result, spec, runs: dict, top: int = 10) -> str:
         values = " | ".join(format_value(t.config.get(p)) for p in params)
         lines.append(f"| {t.trial_id} | {link} | {status} | {t.metrics[result.metric]:.4f} | "
                      f"{t.metrics.get('step', '')} | {values} |")
-    best = result.best
+    best = result.champion(spec)
     if best is not None:
         lines += ["", f"**Best**: trial {best.trial_id}, {result.metric} {best.metrics[result.metric]:.4f} at step "
                       f"{best.metrics.get('step')}:", ""]
@@ -63,8 +63,9 @@ def format_value(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def log_plots(mlflow_client, run_id: str, optuna_storage: str, study_name: str) -> None:
-    """Optuna's optimisation history, parallel coordinates and parameter importances as PNGs under plots/."""
+def log_plots(mlflow_client, run_id: str, optuna_storage: str, study_name: str, objectives=()) -> None:
+    """Optuna's optimisation history, parallel coordinates and parameter importances as PNGs under plots/; with
+    several objectives also the Pareto front, and the others on the first objective."""
     import warnings
 
     import matplotlib
@@ -75,11 +76,16 @@ def log_plots(mlflow_client, run_id: str, optuna_storage: str, study_name: str) 
     import optuna.visualization.matplotlib as plots
 
     study = optuna.load_study(study_name=study_name, storage=optuna_storage)
-    for name in PLOTS:
+    options = {name: {} for name in PLOTS}
+    if len(objectives) > 1:
+        names = [m for m, _ in objectives]
+        options = {"plot_pareto_front": {"target_names": names},
+                   **{name: {"target": lambda t: t.values[0], "target_name": names[0]} for name in PLOTS}}
+    for name, kwargs in options.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                axes = getattr(plots, name)(study)
+                axes = getattr(plots, name)(study, **kwargs)
             figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
             figure.set_size_inches(10, 6)
             figure.tight_layout()

@@ -163,6 +163,7 @@ class TrackingReport:
     best_run_id: str | None = None
     registration: Any = None  # registry.Registration, when the best adapter was registered
     ranked_run_ids: list[str] = field(default_factory=list)  # runs of the trials that reported the metric, best first
+    front_versions: list[str] = field(default_factory=list)  # --register-front: the other front members' versions
 
 
 def interrupt_study(target: Target, result) -> None:
@@ -195,10 +196,13 @@ def log_pareto(mlflow_client, parent: str, result, objectives, runs: dict) -> No
 
 
 def finish_study(target: Target, result, spec, optuna_storage: str | None = None,
-                 registered_model: str | None = None, status: str = "finished") -> TrackingReport:
-    """After the study: every trial's run ended with its status and adapter; the parent gets the best trial, the
-    trials table and plots; the best adapter is registered under `registered_model` (None: not registered). `status`:
-    the study run's `ptplus.status` (`time_budget` when its time ran out)."""
+                 registered_model: str | None = None, status: str = "finished",
+                 register_front: bool = False) -> TrackingReport:
+    """After the study: every trial's run ended with its status and adapter; the parent gets the best trial (the
+    champion: `StudyResult.champion`), the trials table and plots; the champion's adapter is registered under
+    `registered_model` (None: not registered), and with `register_front` every other member of a Pareto study's front
+    as a version without an alias. `status`: the study run's `ptplus.status` (`time_budget` when its time ran
+    out)."""
     from ptplus_tune.tracking.pyfunc import log_adapter
     from ptplus_tune.tracking.registry import register
     from ptplus_tune.tracking.report import log_plots, log_trials_table, study_note
@@ -226,8 +230,8 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
     log_trials_table(mlflow_client, parent, result, runs)
     mlflow_client.set_tag(parent, NOTE, study_note(result, spec, runs)[:7900])  # MLflow's tag size limit
     if optuna_storage:
-        log_plots(mlflow_client, parent, optuna_storage, target.study)
-    best = result.best
+        log_plots(mlflow_client, parent, optuna_storage, target.study, spec.objectives)
+    best = result.champion(spec)
     if best is not None:
         best_run = runs[best.trial_id]
         report.best_run_id = best_run.info.run_id
@@ -242,16 +246,31 @@ def finish_study(target: Target, result, spec, optuna_storage: str | None = None
         mlflow_client.log_dict(parent, {"trial_id": best.trial_id, "run_id": best_run.info.run_id,
                                         "config": best.config, "metrics": best.metrics}, "best_trial.json")
         model_uri = best_run.data.tags.get(MODEL_URI)
+
+        def lineage(trial, run) -> dict[str, str]:
+            objectives = {f"ptplus.objective.{m}": repr(float(trial.metrics[m])) for m, _ in spec.objectives
+                          if isinstance(trial.metrics.get(m), (int, float))}
+            return {STUDY: target.study, "ptplus.study_run_id": parent, "ptplus.trial_run_id": run.info.run_id,
+                    TRIAL_ID: trial.trial_id, SPACE_SHA256: spec.sha256,
+                    "ptplus.base_model": model_identity(spec.trial.get("model")),
+                    "ptplus.dataset": dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET)), **objectives}
+
         if registered_model and model_uri:
             value = float(best.metrics[result.metric])
             report.registration = register(
                 mlflow_client, registered_model, model_uri, best_run.info.run_id, metric=result.metric,
                 mode=result.mode, value=value,
                 eval_sha256=evaluation_sha256({**spec.trial, **best.config}, result.metric),
-                lineage={STUDY: target.study, "ptplus.study_run_id": parent, "ptplus.trial_run_id":
-                         best_run.info.run_id, TRIAL_ID: best.trial_id, SPACE_SHA256: spec.sha256,
-                         "ptplus.base_model": model_identity(spec.trial.get("model")),
-                         "ptplus.dataset": dataset_identity(spec.trial.get("dataset", EMBEDDED_DATASET))})
+                lineage=lineage(best, best_run))
+        if registered_model and register_front and spec.objectives:
+            from ptplus_tune.tracking.registry import add_version
+
+            for trial in result.pareto_front(spec.objectives):
+                run = runs[trial.trial_id]
+                if trial.trial_id != best.trial_id and MODEL_URI in run.data.tags:
+                    version = add_version(mlflow_client, registered_model, run.data.tags[MODEL_URI],
+                                          run.info.run_id, {**lineage(trial, run), PARETO: "true"})
+                    report.front_versions.append(str(version.version))
     mlflow_client.set_tag(parent, STATUS, status)
     mlflow_client.set_terminated(parent, "FINISHED")
     return report

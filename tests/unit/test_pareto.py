@@ -12,7 +12,7 @@ from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.schedulers import ParetoASHA, build_scheduler
 from ptplus_tune.service.study import build_searcher
 from ptplus_tune.spaces import parse_space
-from ptplus_tune.spaces.pareto import crowding, dominates, fronts, ranked, signed
+from ptplus_tune.spaces.pareto import crowding, dominates, fronts, ranked, select, signed
 
 C, S = TrialScheduler.CONTINUE, TrialScheduler.STOP
 # (accuracy, -params): to maximise both
@@ -94,3 +94,25 @@ def test_a_trial_asha_stopped_is_pruned_in_optuna_and_a_finished_one_complete(tm
     states = [(t.state, t.values) for t in study.trials]
     assert states == [(optuna.trial.TrialState.PRUNED, None), (optuna.trial.TrialState.COMPLETE, [0.5, 7.0])]
     assert [t.number for t in study.best_trials] == [1]
+
+
+def test_select_picks_the_smallest_adapter_within_a_tolerance_of_the_best():
+    objectives = [("eval_accuracy", "max"), ("trainable_params", "min")]
+    front = [{"eval_accuracy": 0.95, "trainable_params": 800}, {"eval_accuracy": 0.945, "trainable_params": 400},
+             {"eval_accuracy": 0.90, "trainable_params": 100}, {"eval_accuracy": 0.94, "trainable_params": 400}]
+    assert select(front, {"min": "trainable_params", "within": {"eval_accuracy": 0.01}}, objectives) == 1  # tie: acc
+    assert select(front, {"min": "trainable_params", "within": {"eval_accuracy": 0.05}}, objectives) == 2
+    assert select(front, {"min": "trainable_params"}, objectives) == 2
+    assert select(front, {"max": "eval_accuracy"}, objectives) == 0
+    base = {"name": "s", "parameters": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}},
+            "objectives": [{"metric": "eval_accuracy"}, {"metric": "trainable_params"}]}
+    rule = {"min": "trainable_params", "within": {"eval_accuracy": 0.01}}
+    assert parse_space({**base, "select": rule}).select == rule
+    assert parse_space(parse_space({**base, "select": rule}).to_data()).select == rule
+    for bad, message in [({"min": "peak_mem_mb"}, "among the objectives"), ({"min": "trainable_params", "max":
+                          "eval_accuracy"}, "one of min or max"), ({"min": "trainable_params", "within":
+                          {"eval_accuracy": -1}}, "must be >= 0")]:
+        with pytest.raises(PTPlusError, match=message):
+            parse_space({**base, "select": bad})
+    with pytest.raises(PTPlusError, match="it needs `objectives`"):
+        parse_space({"name": "s", "parameters": base["parameters"], "select": rule})
