@@ -84,7 +84,10 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
     flag, storage = optuna_storage
     name = "s2" if flag is None else "s2pg"  # one tracking server for the session: one experiment name each
     env = ray_env()
-    space = space_file(tmp_path, tiny_trial, num_samples=5)
+    # The PostgreSQL variant is a two-objective (Pareto) study: its scheduler and searcher state survive the kill too
+    pareto = {"objectives": [{"metric": "eval_accuracy", "mode": "max"}, {"metric": "trainable_params"}]} if flag \
+        else {}
+    space = space_file(tmp_path, tiny_trial, num_samples=5, **pareto)
     args = ["--space", space, "--storage-path", str(tmp_path / "results"), "--name", name, "--tracking-uri",
             tracking_server, "--no-register", *(["--optuna-storage", flag] if flag else [])]
     study = tmp_path / "results" / name
@@ -128,6 +131,10 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     assert trials[stale].state == TrialState.FAIL
     assert sum(t.state != TrialState.FAIL for t in trials) == 5
+    if pareto:  # trials ASHA stopped are PRUNED, the finished ones COMPLETE with both objectives
+        assert {t.state for t in trials if t.state != TrialState.FAIL} <= {TrialState.COMPLETE, TrialState.PRUNED}
+        assert all(len(t.values) == 2 for t in trials if t.state == TrialState.COMPLETE)
+        assert "Pareto front: " in proc.stdout
     assert (study / "optuna.db").is_file() == (flag is None)
     assert f"optuna study: optuna-dashboard {storage}" in proc.stdout
     # MLflow (the resumed study found its tracking server by itself): the same runs kept, one per trial, no
