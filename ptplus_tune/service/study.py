@@ -109,9 +109,7 @@ def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage
     if warm_start is not None:
         from ptplus_tune.service.warm_start import seed_study
 
-        if spec.objectives:
-            raise PTPlusError("--warm-start works with one objective so far")
-        seed_study(warm_start, storage, name, "maximize" if spec.mode == "max" else "minimize")
+        seed_study(warm_start, storage, name, spec)
         points += warm_start.points
     # `balance`: partial points, enqueued in the Optuna study; each pins one parameter, the sampler proposes the rest.
     points += spec.balanced_points()

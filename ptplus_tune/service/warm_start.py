@@ -24,7 +24,7 @@ def search_sha256(spec: StudySpec) -> str:
     """What makes two studies' trials comparable: parameters, fixed trial settings and objective (not the budget,
     seed, concurrency or time)."""
     data = spec.to_data()
-    same = {k: data[k] for k in ("parameters", "trial", "metric", "mode")}
+    same = {k: data.get(k) for k in ("parameters", "trial", "metric", "mode", "objectives")}
     return hashlib.sha256(json.dumps(same, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -50,6 +50,24 @@ def _evaluations(spec: StudySpec) -> int:
     return len(steps)
 
 
+def _goals(spec: StudySpec) -> list[tuple[str, str]]:
+    return list(spec.objectives) or [(spec.metric, spec.mode)]
+
+
+def _describe(spec: StudySpec) -> str:
+    return ", ".join(f"{m} ({mode})" for m, mode in _goals(spec))
+
+
+def _best_first(trials: list, spec: StudySpec) -> list:
+    """Finished Optuna trials, best first: by value, or with several objectives by Pareto front and crowding."""
+    from ptplus_tune.spaces.pareto import ranked
+
+    if not spec.objectives:
+        return sorted(trials, key=lambda t: t.value, reverse=spec.mode == "max")
+    signed = [tuple(v if mode == "max" else -v for v, (_, mode) in zip(t.values, spec.objectives)) for t in trials]
+    return [trials[i] for i in ranked(signed)]
+
+
 def _earlier_spec(storage_path: str, source: str, spec: StudySpec) -> StudySpec:
     """An earlier study's saved space, checked against this one (no Optuna or Ray loaded for a bad source)."""
     if StudyDir(storage_path, source).read(SPEC_FILE) is None:
@@ -61,9 +79,8 @@ def _earlier_spec(storage_path: str, source: str, spec: StudySpec) -> StudySpec:
     if earlier_names != names:
         raise PTPlusError(f"--warm-start {source}: its parameters ({', '.join(sorted(earlier_names))}) are not "
                           f"this space's ({', '.join(sorted(names))})")
-    if (earlier.metric, earlier.mode) != (spec.metric, spec.mode):
-        raise PTPlusError(f"--warm-start {source}: it optimised {earlier.metric} ({earlier.mode}), this space "
-                          f"{spec.metric} ({spec.mode})")
+    if _goals(earlier) != _goals(spec):
+        raise PTPlusError(f"--warm-start {source}: it optimised {_describe(earlier)}, this space {_describe(spec)}")
     return earlier
 
 
@@ -81,10 +98,12 @@ def load_warm_start(sources: list[str], storage_path: str, spec: StudySpec) -> W
             study = optuna.load_study(study_name=source, storage=open_storage(url))
         except KeyError:
             raise PTPlusError(f"--warm-start {source}: no Optuna study of that name in {display_url(url)}") from None
-        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-        full = [t for t in done if max(t.intermediate_values, default=0) >= _evaluations(saved)]
-        ranked = sorted(full or done, key=lambda t: t.value, reverse=spec.mode == "max")
-        for trial in ranked[:BEST_PER_STUDY]:
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+        # Several objectives: Optuna holds only finished trials as COMPLETE (ASHA's are PRUNED), and no
+        # intermediate values; one objective: a finished trial has every evaluation's report.
+        full = done if spec.objectives else \
+            [t for t in done if max(t.intermediate_values, default=0) >= _evaluations(saved)]
+        for trial in _best_first(full or done, spec)[:BEST_PER_STUDY]:
             if trial.params not in warm.points:
                 warm.points.append(dict(trial.params))
         if search_sha256(saved) == search_sha256(spec) and full:
@@ -95,12 +114,13 @@ def load_warm_start(sources: list[str], storage_path: str, spec: StudySpec) -> W
     return warm
 
 
-def seed_study(warm: WarmStart, storage, name: str, direction: str) -> None:
+def seed_study(warm: WarmStart, storage, name: str, spec: StudySpec) -> None:
     """Create the new study's Optuna study holding the earlier finished trials (OptunaSearch then loads it)."""
     import optuna
 
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    directions = ["maximize" if mode == "max" else "minimize" for _, mode in _goals(spec)]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
     for trial in warm.trials:
         study.add_trial(optuna.trial.create_trial(params=trial.params, distributions=trial.distributions,
-                                                  value=trial.value, intermediate_values=trial.intermediate_values,
+                                                  values=trial.values, intermediate_values=trial.intermediate_values,
                                                   user_attrs={**trial.user_attrs, "ptplus.warm_start": True}))

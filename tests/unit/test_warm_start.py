@@ -71,6 +71,8 @@ def test_another_search_gives_configurations_only_and_duplicates_run_once(tmp_pa
      "--warm-start a: its parameters (prefix_length) are not this space's (feature_map, learning_rate)"),
     (lambda p: _earlier_study(p, "a", _space(metric="eval_loss", mode="min")),
      "--warm-start a: it optimised eval_loss (min), this space eval_accuracy (max)"),
+    (lambda p: _earlier_study(p, "a", _space(objectives=[{"metric": "eval_accuracy"}, {"metric": "peak_mem_mb"}])),
+     "--warm-start a: it optimised eval_accuracy (max), peak_mem_mb (min), this space eval_accuracy (max)"),
     (lambda p: _earlier_study(p, "a", _space(), rows=[]), "--warm-start a: no finished trial to start from"),
 ])
 def test_bad_warm_starts_are_one_line(tmp_path, make, message):
@@ -79,3 +81,30 @@ def test_bad_warm_starts_are_one_line(tmp_path, make, message):
     with pytest.raises(PTPlusError) as raised:
         load_warm_start(["a"], str(tmp_path), _space())
     assert str(raised.value).startswith(message), raised.value
+
+
+def test_a_pareto_study_warm_starts_from_the_front_of_an_earlier_one(tmp_path):
+    objectives = [{"metric": "eval_accuracy", "mode": "max"}, {"metric": "trainable_params", "mode": "min"}]
+    spec = _space(objectives=objectives)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    (folder / SPEC_FILE).write_text(_space(objectives=objectives, seed=5).to_yaml())
+    study = optuna.create_study(study_name="a", storage=f"sqlite:///{folder / 'optuna.db'}",
+                                directions=["maximize", "minimize"])
+    distributions = {"feature_map": optuna.distributions.CategoricalDistribution(["elu", "gelu"]),
+                     "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for fm, lr, values in [("elu", 1e-3, [0.9, 400]), ("gelu", 1e-3, [0.8, 100]), ("elu", 3e-3, [0.7, 300]),
+                           ("gelu", 3e-3, [0.85, 200])]:
+        study.add_trial(optuna.trial.create_trial(params={"feature_map": fm, "learning_rate": lr},
+                                                  distributions=distributions, values=values))
+    warm = load_warm_start(["a"], str(tmp_path), spec)
+    # the front is (0.9, 400), (0.8, 100), (0.85, 200): its ends first, then the middle; (0.7, 300) is dominated
+    assert warm.points == [{"feature_map": "elu", "learning_rate": 1e-3},
+                           {"feature_map": "gelu", "learning_rate": 1e-3},
+                           {"feature_map": "gelu", "learning_rate": 3e-3}]
+    assert len(warm.trials) == 4
+    build_searcher(spec, "new", tmp_path / "new", warm_start=warm)
+    seeded = optuna.load_study(study_name="new", storage=f"sqlite:///{tmp_path / 'new' / 'optuna.db'}")
+    given = [t.values for t in seeded.trials if t.user_attrs.get("ptplus.warm_start")]
+    assert sorted(given) == sorted([[0.9, 400], [0.8, 100], [0.7, 300], [0.85, 200]])
+    assert len(seeded.directions) == 2
