@@ -229,7 +229,7 @@ def run(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.data.identity import dataset_identity, model_identity
     from ptplus_tune.service import connect, run_study
-    from ptplus_tune.service.storage import check_new
+    from ptplus_tune.service.storage import StudyDir, check_new
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
     from ptplus_tune.tracking.target import client
     from ptplus_tune.trial import TrialConfig
@@ -242,7 +242,10 @@ def run(args) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     check_reachable(uri)
     names = [f"{prefix}-seed{seed}" for seed in range(args.seeds)]
-    for name in names:
+    # A seed whose study already exists (an earlier run of this command was stopped) is resumed: a finished one
+    # only reports again, an unfinished one continues.
+    done = {name for name in names if StudyDir(args.storage_path, name).exists()}
+    for name in set(names) - done:
         check_new(args.storage_path, name)
     print(f"{args.seeds} studies {prefix}-seed0..: {spec.num_samples} trials each ({per_method} per method, ASHA per "
           f"method), {spec.max_steps} steps, tracked in {uri}; on {connect(args.address)}", file=sys.stderr,
@@ -253,9 +256,9 @@ def run(args) -> int:
         seeded = dataclasses.replace(spec, seed=seed, trial={**spec.trial, "seed": seed})
         display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
         started = time.time()
-        target = open_study(uri, seeded, name, resume=False)
+        target = open_study(uri, seeded, name, resume=name in done)
         targets.append(target)
-        result = run_study(seeded, name, args.storage_path, tracking=target)
+        result = run_study(seeded, name, args.storage_path, tracking=target, resume=name in done)
         path = os.path.join(os.path.abspath(args.storage_path), name)
         finish_study(target, result, seeded, optuna_storage=f"sqlite:///{path}/optuna.db")
         print(f"study {name} done in {time.time() - started:.0f} s; scoring the winners on the test split",
