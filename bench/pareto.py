@@ -1,0 +1,188 @@
+"""Pareto search strategies, replayed exactly: accuracy against trainable parameters on the tabulated PT+ grid
+(bench/grid.py), through the real service path (run_study: Ray Tune + OptunaSearch + the study's scheduler), each
+trial serving its stored curve instead of training. For each strategy and seed, the hypervolume of the front of the
+trials that ran their whole budget, as a fraction of the full grid's front, once 10% and 20% of the full grid's
+training steps are spent; median over seeds.
+
+Strategies: Pareto-ASHA + multi-objective TPE (the service's Pareto study), scalarised ASHA (TPE + ASHA on one
+number, accuracy minus a weight times the normalised parameter count), random search + Pareto-ASHA, and
+multi-objective TPE without early stopping. The grid lacks parameter counts, so they are computed once per
+(feature map, prefix length) by building the adapter on the embedded model (bench/data/ptplus_grid_v1_params.json).
+
+    python bench/pareto.py --seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import grid
+import ray
+import search_efficiency
+from ray import tune
+
+from ptplus_tune.service import run_study
+from ptplus_tune.spaces import parse_space
+from ptplus_tune.spaces.pareto import pareto_front
+
+for _module in (grid, search_efficiency, sys.modules[__name__]):
+    if _module.__name__ != "__main__":
+        ray.cloudpickle.register_pickle_by_value(_module)
+
+PARAMS_FILE = Path(__file__).with_name("data") / "ptplus_grid_v1_params.json"
+BUDGETS = (0.10, 0.20)  # fractions of the full grid's training steps
+WEIGHT = 0.1  # scalarised: accuracy - WEIGHT * params / max params
+STRATEGIES = {  # name: (sampler, scheduler, objectives?)
+    "Pareto-ASHA + MOTPE": ("tpe", "asha", True),
+    "scalarised ASHA + TPE": ("tpe", "asha", False),
+    "random + Pareto-ASHA": ("random", "asha", True),
+    "MOTPE, no early stopping": ("tpe", "none", True),
+}
+
+
+def parameter_counts(table: dict) -> dict[str, int]:
+    """Trainable parameters of each (feature map, prefix length), computed once and kept next to the grid."""
+    if PARAMS_FILE.is_file():
+        return json.loads(PARAMS_FILE.read_text())
+    from ptplus_tune.adapter import build_adapter, count_trainable_parameters
+    from ptplus_tune.data import load_base_model
+    from ptplus_tune.trial import TrialConfig
+    from ptplus_tune.trial.host import release
+
+    model, _ = load_base_model(None, device="cpu")
+    counts = {}
+    for fm in table["grid"]["feature_map"]:
+        for pl in table["grid"]["prefix_length"]:
+            config = TrialConfig.from_dict({**table["settings"], "feature_map": fm, "prefix_length": pl})
+            wrapped = build_adapter(model, config.hyperparameters())
+            counts[f"{fm}/{pl}"] = count_trainable_parameters(wrapped)
+            release(wrapped)  # the base model as it was, for the next one
+    PARAMS_FILE.write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+    return counts
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by (accuracy to maximise, parameters to minimise) points, bounded by `reference`
+    (an accuracy below all and a parameter count above all)."""
+    front = {p for p in points if p[0] > reference[0] and p[1] < reference[1]}
+    # sweep by parameter count: each point adds the strip between the best accuracy so far and its own, as wide as
+    # the parameter range it dominates
+    area, best = 0.0, reference[0]
+    for accuracy, params in sorted(front, key=lambda p: (p[1], -p[0])):
+        if accuracy > best:
+            area += (accuracy - best) * (reference[1] - params)
+            best = accuracy
+    return area
+
+
+class Finished(tune.Callback):
+    """Training steps spent so far, and the configurations that ran their whole budget with the cost at which each
+    finished."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps, self.spent, self.last, self.done = max_steps, 0, {}, []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.spent += result["step"] - self.last.get(trial.trial_id, 0)
+        self.last[trial.trial_id] = result["step"]
+        if result["step"] >= self.max_steps:
+            self.done.append((self.spent, {k: trial.config[k] for k in grid.GRID}))
+
+
+class SpentStopper(tune.Stopper):
+    def __init__(self, counter: Finished, limit: float):
+        self.counter, self.limit = counter, limit
+
+    def __call__(self, trial_id, result):
+        return False
+
+    def stop_all(self):
+        return self.counter.spent >= self.limit
+
+
+def replay(table_curves: dict, counts: dict, scalarised: bool, max_params: int):
+    def trial(config):
+        params = counts[f"{config['feature_map']}/{config['prefix_length']}"]
+        for point in table_curves[grid.key(config)]:
+            accuracy = point["eval_accuracy"]
+            value = accuracy - WEIGHT * params / max_params if scalarised else accuracy
+            tune.report({**point, "eval_accuracy": value, "trainable_params": params})
+    return trial
+
+
+def spec_for(table: dict, sampler: str, scheduler: str, multi: bool, seed: int):
+    settings = table["settings"]
+    return parse_space({
+        "name": "pareto-replay", "num_samples": len(table["runs"]), "max_concurrent": 1, "seed": seed,
+        "sampler": sampler,
+        **({"objectives": [{"metric": "eval_accuracy", "mode": "max"}, {"metric": "trainable_params", "mode": "min"}]}
+           if multi else {"metric": "eval_accuracy", "mode": "max"}),
+        "scheduler": ({"grace_period": settings["eval_every"], "reduction_factor": 2, "dead_trials": False}
+                      if scheduler == "asha" else {"type": "none", "dead_trials": False}),
+        "resources": {"cpus": 1, "gpus": 0}, "trial": {"max_steps": settings["max_steps"],
+                                                       "eval_every": settings["eval_every"]},
+        "parameters": {name: {"type": "categorical", "choices": values} for name, values in table["grid"].items()},
+    }, source="replay")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, default=grid.GRID_FILE)
+    parser.add_argument("--seeds", type=int, default=10)
+    args = parser.parse_args()
+    table = grid.load(args.grid)
+    if len(table["runs"]) < len(grid.configurations()):
+        print(f"error: {args.grid} is not complete; run bench/grid.py", file=sys.stderr)
+        return 2
+    table_curves = search_efficiency.curves(table)
+    counts = parameter_counts(table)
+    max_params = max(counts.values())
+    steps = table["settings"]["max_steps"]
+    final = {k: c[-1]["eval_accuracy"] for k, c in table_curves.items()}
+
+    def point(config: dict) -> tuple[float, float]:
+        return final[grid.key(config)], counts[f"{config['feature_map']}/{config['prefix_length']}"]
+
+    everything = [point(run["config"]) for run in table["runs"]]
+    reference = (min(a for a, _ in everything) - 1e-9, max_params * 1.0001)
+    true_hv = hypervolume(everything, reference)
+    true_front = [everything[i] for i in pareto_front([(a, -p) for a, p in everything])]
+    full = len(table["runs"]) * steps
+    print(f"grid: {len(everything)} configurations x {steps} steps; true front {sorted(true_front)}; hypervolume "
+          f"{true_hv:.1f}")
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    fractions: dict[str, dict[float, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as storage:
+        for name, (sampler, scheduler, multi) in STRATEGIES.items():
+            for seed in range(args.seeds):
+                counter = Finished(steps)
+                run_study(spec_for(table, sampler, scheduler, multi, seed), f"{len(fractions)}-{seed}", storage,
+                          trainable=replay(table_curves, counts, not multi, max_params), callbacks=[counter],
+                          stop=SpentStopper(counter, max(BUDGETS) * full))
+                for budget in BUDGETS:
+                    found = [point(config) for spent, config in counter.done if spent <= budget * full]
+                    fractions.setdefault(name, {}).setdefault(budget, []).append(
+                        hypervolume(found, reference) / true_hv)
+            print(f"  {name}: {fractions[name]}", file=sys.stderr, flush=True)
+    ray.shutdown()
+    print(f"\nhypervolume of the found front / the grid's (median of {args.seeds} seeds; accuracy vs trainable "
+          f"parameters)\n| strategy | " + " | ".join(f"at {b:.0%} of the grid's cost" for b in BUDGETS) + " |")
+    print("|---|" + "---|" * len(BUDGETS))
+    for name, by_budget in fractions.items():
+        print(f"| {name} | " + " | ".join(f"{statistics.median(by_budget[b]):.3f}" for b in BUDGETS) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
