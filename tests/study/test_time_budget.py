@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import run_cli, space_file, trial_results
 
-STEPS, EVERY, TRIALS = 600, 50, 3  # ~18 s a trial on an idle 2-core machine: three take more than the budget
+STEPS, EVERY, TRIALS = 800, 50, 3  # ~24 s a trial on an idle 2-core machine: three take more than the budget
 # (45 s: on a slow or busy machine the first trial still evaluates several times before the deadline)
 
 
