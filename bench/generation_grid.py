@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grid import save  # the atomic writer of the classification grid
+from search_efficiency import spearman
 
 GRID_FILE = Path(__file__).with_name("data") / "generation_grid_v1.json"
 GRID = {"feature_map": ["elu", "gelu"], "prefix_length": [4, 32], "learning_rate": [3e-4, 3e-3]}  # 8: ~50 min
@@ -80,27 +81,6 @@ def train(config: dict, fixed: dict, rungs: list[int], base) -> dict:
         point = measure(session.model, session.kind, session.splits.validation)
         points.append({"step": session.step, "train_loss": session.train_loss, **point})
     return {"points": points}
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    def ranks(xs):
-        order = sorted(range(len(xs)), key=lambda i: xs[i])
-        out = [0.0] * len(xs)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2  # ties share their mean rank
-            i = j + 1
-        return out
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.mean(ra), statistics.mean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    var = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return cov / var if var else float("nan")
 
 
 def analyse(table: dict) -> str:

@@ -294,7 +294,10 @@ def resolve_study(args) -> Study:
     if args.warm_start:
         from ptplus_tune.service.warm_start import load_warm_start
 
-        warm = load_warm_start([s.strip() for s in args.warm_start.split(",") if s.strip()], args.storage_path, spec)
+        sources = [s.strip() for s in args.warm_start.split(",") if s.strip()]
+        if not sources:
+            raise PTPlusError("--warm-start needs one or more study names, e.g. --warm-start default-20261126-101500")
+        warm = load_warm_start(sources, args.storage_path, spec)
     return Study(name, spec, StudyDir(args.storage_path, name), resume=False, pack_pending=pending, warm_start=warm)
 
 

@@ -42,6 +42,7 @@ def test_dry_run_prints_the_resolved_space_and_starts_nothing(tmp_path):
                                   ["--space", "default", "--num-samples", "0"],
                                   ["--space", "default", "--time-budget", "soon"],
                                   ["--space", "default", "--warm-start", "never-ran"],
+                                  ["--space", "default", "--warm-start", ","],
                                   ["--resume", "x", "--warm-start", "y"]])
 def test_a_plan_or_a_bad_input_answers_without_loading_the_heavy_libraries(tmp_path, args):
     """A dry run or a one-line error loads none of torch, transformers, peft, Ray, MLflow, Optuna (~10 s)."""
