@@ -57,38 +57,42 @@ def save(table: dict, path: Path = GRID_FILE) -> None:
     os.replace(tmp, path)
 
 
+def train(table: dict, todo: list[dict], settings: dict, out: Path, describe=key) -> None:
+    """Train each configuration of `todo` with `settings` and append its curve to `table`, saved after each."""
+    from ptplus_tune.data import load_base_model
+    from ptplus_tune.trial import TrialConfig, run_trial
+    from ptplus_tune.trial.device import pick_device
+
+    device, dtype = pick_device("auto")
+    print(f"{len(table['runs'])} configurations in {out}; training {len(todo)} on {device}", file=sys.stderr)
+    for i, config in enumerate(todo, 1):
+        started = time.perf_counter()
+        base = load_base_model(None, device=str(device), dtype=dtype)
+        result = run_trial(TrialConfig.from_dict({**settings, **config}), base=base)
+        seconds = time.perf_counter() - started
+        curve = [{k: h[k] for k in ("step", "train_loss", "eval_loss", "eval_accuracy", "train_step_ms")} for h in
+                 result.history]
+        table["runs"].append({"config": config, "curve": curve, "seconds": round(seconds, 1),
+                              "trainable_params": int(result.history[-1]["trainable_params"]),
+                              "device": str(device)})
+        save(table, out)
+        print(f"[{i}/{len(todo)}] {describe(config)}: eval_accuracy {curve[-1]['eval_accuracy']:.3f} "
+              f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=GRID_FILE)
     parser.add_argument("--limit", type=int, help="train at most this many new configurations")
     args = parser.parse_args()
 
-    from ptplus_tune.data import load_base_model
-    from ptplus_tune.trial import TrialConfig, run_trial
-    from ptplus_tune.trial.device import pick_device
-
     table = load(args.out)
     if table["settings"] != SETTINGS or table["grid"] != GRID:
         print(f"error: {args.out} was made with other settings; move it away or write to --out", file=sys.stderr)
         return 2
     done = {key(run["config"]) for run in table["runs"]}
-    todo = [c for c in configurations() if key(c) not in done]
-    if args.limit is not None:
-        todo = todo[:args.limit]
-    device, dtype = pick_device("auto")
-    print(f"{len(done)} of {len(configurations())} configurations in {args.out}; training {len(todo)} on {device}",
-          file=sys.stderr)
-    for i, config in enumerate(todo, 1):
-        started = time.perf_counter()
-        base = load_base_model(None, device=str(device), dtype=dtype)
-        result = run_trial(TrialConfig.from_dict({**SETTINGS, **config}), base=base)
-        seconds = time.perf_counter() - started
-        curve = [{k: h[k] for k in ("step", "train_loss", "eval_loss", "eval_accuracy")} for h in result.history]
-        table["runs"].append({"config": config, "curve": curve, "seconds": round(seconds, 1),
-                              "device": str(device)})
-        save(table, args.out)
-        print(f"[{i}/{len(todo)}] {key(config)}: eval_accuracy {curve[-1]['eval_accuracy']:.3f} "
-              f"({seconds:.0f} s)", file=sys.stderr, flush=True)
+    todo = [c for c in configurations() if key(c) not in done][:args.limit]
+    train(table, todo, SETTINGS, args.out)
     return 0
 
 

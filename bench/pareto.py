@@ -1,12 +1,14 @@
-"""Pareto search strategies, replayed exactly: accuracy against trainable parameters on the tabulated PT+ grid
-(bench/grid.py), through the real service path (run_study: Ray Tune + OptunaSearch + the study's scheduler), each
-trial serving its stored curve instead of training. For each strategy and seed, the hypervolume of the front of the
-trials that ran their whole budget, as a fraction of the full grid's front, once 10% and 20% of the full grid's
-training steps are spent; median over seeds.
+"""Pareto search strategies, replayed exactly: accuracy against trainable parameters on the tabulated grids,
+Prefix-Tuning+ (bench/grid.py, 72 configurations) and the PEFT baselines LoRA and Prefix-Tuning at the same settings
+(bench/baselines_grid.py, 24), through the real service path (run_study: Ray Tune + OptunaSearch + the study's
+scheduler), each trial serving its stored curve instead of training. The space is conditional as the shipped
+`pareto` space is: a method, then its own parameters (a learning-rate level indexes each method's four rates). For
+each strategy and seed, the hypervolume of the front of the trials that ran their whole budget, as a fraction of
+the front of all 96 configurations, once 10% and 20% of the full grid's training steps are spent; median over seeds.
 
 Strategies: Pareto-ASHA + multi-objective TPE (the service's Pareto study), scalarised ASHA (TPE + ASHA on one
 number, accuracy minus a weight times the normalised parameter count), random search + Pareto-ASHA, and
-multi-objective TPE without early stopping. The grid lacks parameter counts, so they are computed once per
+multi-objective TPE without early stopping. The PT+ grid predates parameter counts; they are computed once per
 (feature map, prefix length) by building the adapter on the embedded model (bench/data/ptplus_grid_v1_params.json).
 
     python bench/pareto.py --seeds 10
@@ -26,16 +28,17 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 sys.path.insert(0, str(Path(__file__).parent))
+import baselines_grid
 import grid
 import ray
-import search_efficiency
 from ray import tune
 
 from ptplus_tune.service import run_study
 from ptplus_tune.spaces import parse_space
 from ptplus_tune.spaces.pareto import pareto_front
+from ptplus_tune.spaces.spec import Parameter
 
-for _module in (grid, search_efficiency, sys.modules[__name__]):
+for _module in (grid, baselines_grid, sys.modules[__name__]):
     if _module.__name__ != "__main__":
         ray.cloudpickle.register_pickle_by_value(_module)
 
@@ -96,7 +99,7 @@ class Finished(tune.Callback):
         self.spent += result["step"] - self.last.get(trial.trial_id, 0)
         self.last[trial.trial_id] = result["step"]
         if result["step"] >= self.max_steps:
-            self.done.append((self.spent, {k: trial.config[k] for k in grid.GRID}))
+            self.done.append((self.spent, dict(trial.config)))
 
 
 class SpentStopper(tune.Stopper):
@@ -110,74 +113,118 @@ class SpentStopper(tune.Stopper):
         return self.counter.spent >= self.limit
 
 
-def replay(table_curves: dict, counts: dict, scalarised: bool, max_params: int):
+def grid_key(config: dict, rates: dict[str, list[float]]) -> str:
+    """A replayed trial's configuration (method, its parameters, a learning-rate level) as its grid's key."""
+    config = {k: v for k, v in config.items() if k != "lr_level"} | \
+        {"learning_rate": rates[config["method"]][config["lr_level"]]}
+    if config["method"] == "ptplus":
+        return grid.key(config)
+    return baselines_grid.key(config)
+
+
+def combined(table: dict, baselines: dict) -> tuple[dict[str, tuple[list, int]], dict[str, list[float]]]:
+    """Every configuration of both grids, key -> (curve, trainable parameters); and each method's learning rates."""
+    counts = parameter_counts(table)
+    entries = {grid.key(run["config"]): (run["curve"], counts[f"{run['config']['feature_map']}/"
+                                                               f"{run['config']['prefix_length']}"])
+               for run in table["runs"]}
+    entries |= {baselines_grid.key(run["config"]): (run["curve"], run["trainable_params"]) for run in baselines["runs"]}
+    rates = {"ptplus": table["grid"]["learning_rate"]} | \
+        {method: axes["learning_rate"] for method, axes in baselines["grid"].items()}
+    return entries, rates
+
+
+def replay(entries: dict, rates: dict, scalarised: bool, max_params: int):
     def trial(config):
-        params = counts[f"{config['feature_map']}/{config['prefix_length']}"]
-        for point in table_curves[grid.key(config)]:
+        curve, params = entries[grid_key(config, rates)]
+        for point in curve:
             accuracy = point["eval_accuracy"]
             value = accuracy - WEIGHT * params / max_params if scalarised else accuracy
             tune.report({**point, "eval_accuracy": value, "trainable_params": params})
     return trial
 
 
-def spec_for(table: dict, sampler: str, scheduler: str, multi: bool, seed: int):
-    settings = table["settings"]
-    return parse_space({
-        "name": "pareto-replay", "num_samples": len(table["runs"]), "max_concurrent": 1, "seed": seed,
-        "sampler": sampler,
+def spec_for(table: dict, baselines: dict, sampler: str, scheduler: str, multi: bool, seed: int, trials: int):
+    settings, axes = table["settings"], baselines["grid"]
+    if table["grid"]["prefix_length"] != axes["prefix_tuning"]["prefix_length"]:
+        raise SystemExit("error: the PT+ and Prefix-Tuning grids have different prefix lengths")
+    spec = parse_space({
+        "name": "pareto-replay", "num_samples": trials, "max_concurrent": 1, "seed": seed, "sampler": sampler,
         **({"objectives": [{"metric": "eval_accuracy", "mode": "max"}, {"metric": "trainable_params", "mode": "min"}]}
            if multi else {"metric": "eval_accuracy", "mode": "max"}),
         "scheduler": ({"grace_period": settings["eval_every"], "reduction_factor": 2, "dead_trials": False}
                       if scheduler == "asha" else {"type": "none", "dead_trials": False}),
         "resources": {"cpus": 1, "gpus": 0}, "trial": {"max_steps": settings["max_steps"],
                                                        "eval_every": settings["eval_every"]},
-        "parameters": {name: {"type": "categorical", "choices": values} for name, values in table["grid"].items()},
+        "parameters": {
+            "method": {"type": "categorical", "choices": ["ptplus", *axes]},
+            "feature_map": {"type": "categorical", "choices": table["grid"]["feature_map"],
+                            "when": {"method": "ptplus"}},
+            "prefix_length": {"type": "categorical", "choices": table["grid"]["prefix_length"],
+                              "when": {"method": ["ptplus", "prefix_tuning"]}},
+            "lora_r": {"type": "categorical", "choices": axes["lora"]["lora_r"], "when": {"method": "lora"}},
+        },
     }, source="replay")
+    # Optuna keeps one distribution per parameter name, so the methods' different learning rates are replayed
+    # through a level (not a trial setting, hence added after parsing).
+    spec.parameters.append(Parameter("lr_level", "categorical", choices=[0, 1, 2, 3]))
+    return spec
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", type=Path, default=grid.GRID_FILE)
+    parser.add_argument("--baselines", type=Path, default=baselines_grid.BASELINES_FILE)
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args()
-    table = grid.load(args.grid)
-    if len(table["runs"]) < len(grid.configurations()):
-        print(f"error: {args.grid} is not complete; run bench/grid.py", file=sys.stderr)
-        return 2
-    table_curves = search_efficiency.curves(table)
-    counts = parameter_counts(table)
-    max_params = max(counts.values())
+    table, baselines = grid.load(args.grid), baselines_grid.load(args.baselines)
+    for path, have, want, script in ((args.grid, table, grid.configurations(), "grid.py"),
+                                     (args.baselines, baselines, baselines_grid.configurations(), "baselines_grid.py")):
+        if len(have["runs"]) < len(want):
+            print(f"error: {path} has {len(have['runs'])} of {len(want)} configurations; run bench/{script}",
+                  file=sys.stderr)
+            return 2
+    entries, rates = combined(table, baselines)
+    max_params = max(params for _, params in entries.values())
     steps = table["settings"]["max_steps"]
-    final = {k: c[-1]["eval_accuracy"] for k, c in table_curves.items()}
+    if baselines["settings"]["max_steps"] != steps:
+        print("error: the two grids ran different step budgets", file=sys.stderr)
+        return 2
 
-    def point(config: dict) -> tuple[float, float]:
-        return final[grid.key(config)], counts[f"{config['feature_map']}/{config['prefix_length']}"]
+    def point(key: str) -> tuple[float, float]:
+        curve, params = entries[key]
+        return curve[-1]["eval_accuracy"], params
 
-    everything = [point(run["config"]) for run in table["runs"]]
-    reference = (min(a for a, _ in everything) - 1e-9, max_params * 1.0001)
-    true_hv = hypervolume(everything, reference)
-    true_front = [everything[i] for i in pareto_front([(a, -p) for a, p in everything])]
-    full = len(table["runs"]) * steps
-    print(f"grid: {len(everything)} configurations x {steps} steps; true front {sorted(true_front)}; hypervolume "
-          f"{true_hv:.1f}")
+    everything = {key: point(key) for key in entries}
+    reference = (min(a for a, _ in everything.values()) - 1e-9, max_params * 1.0001)
+    true_hv = hypervolume(list(everything.values()), reference)
+    keys = list(everything)
+    front = [keys[i] for i in pareto_front([(a, -p) for a, p in everything.values()])]
+    full = len(entries) * steps
+    print(f"grids: {len(entries)} configurations x {steps} steps; hypervolume of all {true_hv:.1f}; the front "
+          f"({len(front)} configurations, accuracy / trainable parameters):")
+    for key in sorted(front, key=lambda k: everything[k][1]):
+        print(f"  {everything[key][0]:.3f} / {everything[key][1]:>9,}  {key}")
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     fractions: dict[str, dict[float, list[float]]] = {}
     with tempfile.TemporaryDirectory() as storage:
-        for name, (sampler, scheduler, multi) in STRATEGIES.items():
+        for index, (name, (sampler, scheduler, multi)) in enumerate(STRATEGIES.items()):
             for seed in range(args.seeds):
                 counter = Finished(steps)
-                run_study(spec_for(table, sampler, scheduler, multi, seed), f"{len(fractions)}-{seed}", storage,
-                          trainable=replay(table_curves, counts, not multi, max_params), callbacks=[counter],
-                          stop=SpentStopper(counter, max(BUDGETS) * full))
+                run_study(spec_for(table, baselines, sampler, scheduler, multi, seed, len(entries)),
+                          f"{index}-{seed}", storage, trainable=replay(entries, rates, not multi, max_params),
+                          callbacks=[counter], stop=SpentStopper(counter, max(BUDGETS) * full))
                 for budget in BUDGETS:
-                    found = [point(config) for spent, config in counter.done if spent <= budget * full]
+                    found = [everything[grid_key(config, rates)] for spent, config in counter.done
+                             if spent <= budget * full]
                     fractions.setdefault(name, {}).setdefault(budget, []).append(
                         hypervolume(found, reference) / true_hv)
             print(f"  {name}: {fractions[name]}", file=sys.stderr, flush=True)
     ray.shutdown()
-    print(f"\nhypervolume of the found front / the grid's (median of {args.seeds} seeds; accuracy vs trainable "
-          f"parameters)\n| strategy | " + " | ".join(f"at {b:.0%} of the grid's cost" for b in BUDGETS) + " |")
+    print(f"\nhypervolume of the found front / all configurations' (median of {args.seeds} seeds; accuracy vs "
+          f"trainable parameters)\n| strategy | " + " | ".join(f"at {b:.0%} of the grid's cost" for b in BUDGETS) +
+          " |")
     print("|---|" + "---|" * len(BUDGETS))
     for name, by_budget in fractions.items():
         print(f"| {name} | " + " | ".join(f"{statistics.median(by_budget[b]):.3f}" for b in BUDGETS) + " |")

@@ -3,10 +3,14 @@ against the tabulated grid (bench/grid.py) instead of training, and counts the t
 before some trial reports an eval_accuracy within 1 point (0.01) of the grid's best. Printed as the median over
 seeds for TPE+ASHA (the service's default), random+ASHA, TPE and random without early stopping, and the full grid;
 plus the rank correlation between early-rung and final accuracy (does ASHA's early judgement hold for PT+?).
+The warm-start row runs, for each seed s, a whole TPE+ASHA study of seed s + 100 first (not counted) and then a study
+of seed s warm-started from it exactly as `--warm-start` does (service.warm_start: its best configurations enqueued,
+its finished trials given to TPE), counting only the second study's cost.
 "now" rows replay the shipped `default` space's policy (its trial budget, start-up trials, rungs, evaluation points and
 dead-trial rule) on the grid's values; a seed that does not reach the target within the budget counts as inf.
 
     python bench/search_efficiency.py --seeds 10
+    python bench/search_efficiency.py --seeds 10 --only "TPE + ASHA, before" --eval-step-ratio 6.18   # cold vs warm
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import ray
 from ray import tune
 
 from ptplus_tune.service import run_study
+from ptplus_tune.service.warm_start import load_warm_start
 from ptplus_tune.spaces import load_space, parse_space
 from ptplus_tune.spaces.spec import Parameter
 
@@ -40,11 +45,14 @@ for _module in (grid, sys.modules[__name__]):
 
 TOLERANCE = 0.01
 NOW = "TPE + ASHA, now (default policy)"
+COLD, WARM = "TPE + ASHA, before", "TPE + ASHA, before, warm-started from another seed's study"
+WARM_SOURCE_SEED = 100  # the earlier study of seed s has seed s + 100: never the warm study's own cold twin
 # name: (sampler, early stopping, policy, trial budget). "before": the whole grid as the space and the budget, 10 random
 # start-up trials. "now": the shipped default space's settings (its trial budget, start-up trials sized to it, ASHA
 # rungs, evaluations at the rungs, dead-trial rule), with a budget of all 30 of its grid cells for comparison.
 STRATEGIES = {
-    "TPE + ASHA, before": ("tpe", True, "before", None),
+    COLD: ("tpe", True, "before", None),
+    WARM: ("tpe", True, "before", None),
     "random + ASHA, before": ("random", True, "before", None),
     "TPE, no early stopping, before": ("tpe", False, "before", None),
     "random, no early stopping, before": ("random", False, "before", None),
@@ -200,7 +208,12 @@ def main() -> int:
     parser.add_argument("--grid", type=Path, default=grid.GRID_FILE)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--eval-step-ratio", type=float, help="t_eval / t_step [measured]")
+    parser.add_argument("--only", metavar="TEXT", help="run only the strategies whose name contains TEXT")
     args = parser.parse_args()
+    strategies = {name: how for name, how in STRATEGIES.items() if args.only is None or args.only in name}
+    if not strategies:
+        print(f"error: --only {args.only!r} matches none of: {'; '.join(STRATEGIES)}", file=sys.stderr)
+        return 2
     table = grid.load(args.grid)
     expected = len(grid.configurations())
     if len(table["runs"]) < expected:
@@ -230,15 +243,21 @@ def main() -> int:
     results: dict[str, list[tuple[float, float, float]]] = {}  # steps, evaluations, seconds
     budgets: dict[str, tuple[int, int | None]] = {}  # trials, TPE's random start-up trials
     with tempfile.TemporaryDirectory() as storage:
-        for name, (sampler, early, policy, budget) in STRATEGIES.items():
+        for index, (name, (sampler, early, policy, budget)) in enumerate(strategies.items()):
             for seed in range(args.seeds):
                 counter = StepCounter(target)
                 spec = spec_for(table, sampler, early, seed, policy, budget)
                 trainable = replay_trainable(table_curves, spec, chance) if policy == "now" else \
                     replay_trainable(table_curves)
                 budgets[name] = (spec.num_samples, spec.n_startup_trials if sampler == "tpe" else None)
-                run_study(spec, f"{sampler}-{early}-{policy}-{budget}-{seed}", storage, trainable=trainable,
-                          callbacks=[counter], stop=StopAtTarget(counter))
+                warm = None
+                if name == WARM:  # the earlier study runs its whole budget; its cost is not counted
+                    source = f"{index}-source-{seed}"
+                    run_study(spec_for(table, sampler, early, seed + WARM_SOURCE_SEED, policy, budget), source,
+                              storage, trainable=trainable)
+                    warm = load_warm_start([source], storage, spec)
+                run_study(spec, f"{index}-{seed}", storage, trainable=trainable, callbacks=[counter],
+                          stop=StopAtTarget(counter), warm_start=warm)
                 if counter.steps_to_target is None:
                     results.setdefault(name, []).append((float("inf"),) * 3)
                 else:
@@ -263,13 +282,17 @@ def main() -> int:
         print(f"| {name} | {trials}{f' ({startup})' if startup is not None else ''} | {missed} of {len(values)} | "
               f"{m_steps:g} | {m_evals:g} | {m_seconds:.0f} | {m_seconds / full_seconds:.1%} |")
     print(f"| full grid | {len(finals)} | 0 | {full_steps} | {full_evals} | {full_seconds:.0f} | 100.0% |")
-    now = medians[NOW][2]
-    before = medians["TPE + ASHA, before"][2]
-    print(f"\ngoal TPE+ASHA with the current policy <= 10% of the full grid's cost: {now / full_seconds:.1%}; "
-          f"before: {before / full_seconds:.1%}; before / now = {before / now:.2f}x")
-    print(f"(steps only, as before issue 12: TPE+ASHA before {medians['TPE + ASHA, before'][0] / full_steps:.1%} "
-          f"of the grid's steps, random without early stopping "
-          f"{medians['random, no early stopping, before'][0] / medians['TPE + ASHA, before'][0]:.2f}x TPE+ASHA's)")
+    if NOW in medians and COLD in medians:
+        now, before = medians[NOW][2], medians[COLD][2]
+        print(f"\ngoal TPE+ASHA with the current policy <= 10% of the full grid's cost: {now / full_seconds:.1%}; "
+              f"before: {before / full_seconds:.1%}; before / now = {before / now:.2f}x")
+    if COLD in medians and "random, no early stopping, before" in medians:
+        print(f"(steps only, as before issue 12: TPE+ASHA before {medians[COLD][0] / full_steps:.1%} of the grid's "
+              f"steps, random without early stopping "
+              f"{medians['random, no early stopping, before'][0] / medians[COLD][0]:.2f}x TPE+ASHA's)")
+    if COLD in medians and WARM in medians:
+        print(f"goal warm-started <= 50% of a cold study's cost (median of {args.seeds} seeds): "
+              f"{medians[WARM][2] / medians[COLD][2]:.1%}")
     for rung in sorted({p["step"] for c in table_curves.values() for p in c} - {steps}):
         early = [next(p["eval_accuracy"] for p in table_curves[k] if p["step"] == rung) for k in finals]
         print(f"Spearman rank correlation, eval_accuracy at step {rung} vs step {steps}: "
