@@ -3,9 +3,10 @@ against the tabulated grid (bench/grid.py) instead of training, and counts the t
 before some trial reports an eval_accuracy within 1 point (0.01) of the grid's best. Printed as the median over
 seeds for TPE+ASHA (the service's default), random+ASHA, TPE and random without early stopping, and the full grid;
 plus the rank correlation between early-rung and final accuracy (does ASHA's early judgement hold for PT+?).
-The warm-start row runs, for each seed s, a whole TPE+ASHA study of seed s + 100 first (not counted) and then a study
-of seed s warm-started from it exactly as `--warm-start` does (service.warm_start: its best configurations enqueued,
-its finished trials given to TPE), counting only the second study's cost.
+The warm-start rows run, for each seed s, a whole TPE+ASHA study of seed s + 100 first (all 72 trials, or only 16: an
+earlier study that may well have missed the best) and then a study of seed s warm-started from it exactly as
+`--warm-start` does (service.warm_start: its best configurations enqueued, its finished trials given to TPE),
+counting only the second study's cost.
 "now" rows replay the shipped `default` space's policy (its trial budget, start-up trials, rungs, evaluation points and
 dead-trial rule) on the grid's values; a seed that does not reach the target within the budget counts as inf.
 
@@ -46,6 +47,7 @@ for _module in (grid, sys.modules[__name__]):
 TOLERANCE = 0.01
 NOW = "TPE + ASHA, now (default policy)"
 COLD, WARM = "TPE + ASHA, before", "TPE + ASHA, before, warm-started from another seed's study"
+WARM_SHORT = "TPE + ASHA, before, warm-started from another seed's 16-trial study"
 WARM_SOURCE_SEED = 100  # the earlier study of seed s has seed s + 100: never the warm study's own cold twin
 # name: (sampler, early stopping, policy, trial budget). "before": the whole grid as the space and the budget, 10 random
 # start-up trials. "now": the shipped default space's settings (its trial budget, start-up trials sized to it, ASHA
@@ -53,6 +55,7 @@ WARM_SOURCE_SEED = 100  # the earlier study of seed s has seed s + 100: never th
 STRATEGIES = {
     COLD: ("tpe", True, "before", None),
     WARM: ("tpe", True, "before", None),
+    WARM_SHORT: ("tpe", True, "before", None),
     "random + ASHA, before": ("random", True, "before", None),
     "TPE, no early stopping, before": ("tpe", False, "before", None),
     "random, no early stopping, before": ("random", False, "before", None),
@@ -149,7 +152,7 @@ def spec_for(table: dict, sampler: str, early_stopping: bool, seed: int, policy:
         spec.parameters.append(Parameter("lr_level", "categorical", choices=[0, 1, 2]))
         return spec
     return parse_space({
-        "name": "replay", "metric": "eval_accuracy", "mode": "max", "num_samples": len(table["runs"]),
+        "name": "replay", "metric": "eval_accuracy", "mode": "max", "num_samples": budget or len(table["runs"]),
         "max_concurrent": 1, "seed": seed, "sampler": sampler, "startup_trials": 10,  # Optuna's default then
         "scheduler": ({"grace_period": settings["eval_every"], "reduction_factor": 2, "dead_trials": False}
                       if early_stopping else {"type": "none", "dead_trials": False}),
@@ -251,10 +254,10 @@ def main() -> int:
                     replay_trainable(table_curves)
                 budgets[name] = (spec.num_samples, spec.n_startup_trials if sampler == "tpe" else None)
                 warm = None
-                if name == WARM:  # the earlier study runs its whole budget; its cost is not counted
+                if name in (WARM, WARM_SHORT):  # the earlier study runs its whole budget; its cost is not counted
                     source = f"{index}-source-{seed}"
-                    run_study(spec_for(table, sampler, early, seed + WARM_SOURCE_SEED, policy, budget), source,
-                              storage, trainable=trainable)
+                    run_study(spec_for(table, sampler, early, seed + WARM_SOURCE_SEED, policy,
+                                       16 if name == WARM_SHORT else budget), source, storage, trainable=trainable)
                     warm = load_warm_start([source], storage, spec)
                 run_study(spec, f"{index}-{seed}", storage, trainable=trainable, callbacks=[counter],
                           stop=StopAtTarget(counter), warm_start=warm)
@@ -290,9 +293,10 @@ def main() -> int:
         print(f"(steps only, as before issue 12: TPE+ASHA before {medians[COLD][0] / full_steps:.1%} of the grid's "
               f"steps, random without early stopping "
               f"{medians['random, no early stopping, before'][0] / medians[COLD][0]:.2f}x TPE+ASHA's)")
-    if COLD in medians and WARM in medians:
-        print(f"goal warm-started <= 50% of a cold study's cost (median of {args.seeds} seeds): "
-              f"{medians[WARM][2] / medians[COLD][2]:.1%}")
+    for warm in (WARM, WARM_SHORT):
+        if COLD in medians and warm in medians:
+            print(f"goal warm-started <= 50% of a cold study's cost (median of {args.seeds} seeds), {warm}: "
+                  f"{medians[warm][2] / medians[COLD][2]:.1%}")
     for rung in sorted({p["step"] for c in table_curves.values() for p in c} - {steps}):
         early = [next(p["eval_accuracy"] for p in table_curves[k] if p["step"] == rung) for k in finals]
         print(f"Spearman rank correlation, eval_accuracy at step {rung} vs step {steps}: "

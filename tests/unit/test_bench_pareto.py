@@ -14,8 +14,6 @@ import pareto
 
 from ptplus_tune.spaces.sampling import define_by_run
 
-pytestmark = pytest.mark.unit
-
 
 def test_hypervolume_is_the_area_the_points_dominate_up_to_the_reference():
     reference = (0.0, 10.0)  # accuracy above 0 and parameters below 10 count
