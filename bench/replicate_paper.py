@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -195,6 +197,9 @@ def main() -> int:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI [MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db]")
     parser.add_argument("--address", help="Ray cluster address [a new local instance]")
     parser.add_argument("--step-rounds", type=int, default=10, help="timed training steps per method [10]")
+    parser.add_argument("--rows", type=Path, metavar="FILE",
+                        help="keep each scored seed's rows in this JSON file and skip the seeds it already holds: a "
+                             "long replication can be split across runs (and machines); the file is its raw result")
     args = parser.parse_args()
     try:
         return run(args)
@@ -225,11 +230,31 @@ def load_protocol(args):
     return spec
 
 
+def load_rows(path: Path | None, protocol: dict) -> list[dict]:
+    """The rows of the seeds an earlier run already scored (`--rows`), if it measured the same thing."""
+    if path is None or not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    if data.get("protocol") != protocol:
+        raise PTPlusError(f"--rows {path}: it holds another replication ({data.get('protocol')}); this one is "
+                          f"{protocol}")
+    return data["rows"]
+
+
+def save_rows(path: Path | None, protocol: dict, rows: list[dict], **extra) -> None:
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"protocol": protocol, "rows": rows, **extra}, indent=1, default=str) + "\n")
+    os.replace(tmp, path)  # a killed run leaves the last complete file
+
+
 def run(args) -> int:
     from ptplus_tune.cli import display
     from ptplus_tune.data.identity import dataset_identity, model_identity
     from ptplus_tune.service import connect, run_study
     from ptplus_tune.service.storage import StudyDir, check_new
+    from ptplus_tune.service.warm_start import search_sha256
     from ptplus_tune.tracking import check_reachable, default_tracking_uri, finish_study, open_study
     from ptplus_tune.tracking.target import client
     from ptplus_tune.trial import TrialConfig
@@ -241,23 +266,29 @@ def run(args) -> int:
     prefix = args.name or f"replicate-{args.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = args.tracking_uri or default_tracking_uri()
     check_reachable(uri)
-    names = [f"{prefix}-seed{seed}" for seed in range(args.seeds)]
+    protocol = {"task": args.task, "search_sha256": search_sha256(spec), "per_method": per_method}
+    kept = load_rows(args.rows, protocol)
+    names = [f"{prefix}-seed{seed}" for seed in range(args.seeds) if seed not in {r["seed"] for r in kept}]
     # A seed whose study already exists (an earlier run of this command was stopped) is resumed: a finished one
     # only reports again, an unfinished one continues.
     done = {name for name in names if StudyDir(args.storage_path, name).exists()}
     for name in set(names) - done:
         check_new(args.storage_path, name)
-    print(f"{args.seeds} studies {prefix}-seed0..: {spec.num_samples} trials each ({per_method} per method, ASHA per "
-          f"method), {spec.max_steps} steps, tracked in {uri}; on {connect(args.address)}", file=sys.stderr,
-          flush=True)
+    if kept:
+        print(f"seeds {sorted({r['seed'] for r in kept})} taken from {args.rows}", file=sys.stderr)
+    if names:
+        print(f"{len(names)} studies {', '.join(names)}: {spec.num_samples} trials each ({per_method} per method, "
+              f"ASHA per method), {spec.max_steps} steps, tracked in {uri}; on {connect(args.address)}",
+              file=sys.stderr, flush=True)
 
-    rows, targets = [], []
-    for seed, name in enumerate(names):
+    rows, targets = list(kept), {}
+    for name in names:
+        seed = int(name.rsplit("seed", 1)[1])
         seeded = dataclasses.replace(spec, seed=seed, trial={**spec.trial, "seed": seed})
         display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
         started = time.time()
         target = open_study(uri, seeded, name, resume=name in done)
-        targets.append(target)
+        targets[seed] = target
         result = run_study(seeded, name, args.storage_path, tracking=target, resume=name in done)
         path = os.path.join(os.path.abspath(args.storage_path), name)
         finish_study(target, result, seeded, optuna_storage=f"sqlite:///{path}/optuna.db")
@@ -272,6 +303,8 @@ def run(args) -> int:
                 "step": int(best.metrics["step"]), "validation": best.metrics[metric],
                 "test": score_on_test(best, seeded), "trainable_params": int(best.metrics["trainable_params"]),
             })
+        save_rows(args.rows, protocol, rows)
+    rows = [r for r in rows if r["seed"] < args.seeds]  # the table's seeds (the file keeps every seed it has)
     first = {r["method"]: r["config"] for r in rows if r["seed"] == 0}
     steps = step_times_ms(first, spec, args.step_rounds)  # seed 0's winners: the step time hardly depends on seed
     for row in rows:
@@ -290,14 +323,16 @@ def run(args) -> int:
     table = markdown(rows, zero_shot, setting, label)
     print(table)
     mlflow_client = client(uri)
-    for seed, target in enumerate(targets):
+    save_rows(args.rows, protocol, rows + [r for r in kept if r["seed"] >= args.seeds], zero_shot=zero_shot)
+    for seed, target in targets.items():
         mlflow_client.log_text(target.parent_run_id, table, "replication.md")
         mlflow_client.log_dict(target.parent_run_id, {"setting": setting, "zero_shot_test": zero_shot,
                                                       "rows": rows}, "replication.json")
         for row in (r for r in rows if r["seed"] == seed):  # this seed's figures on its own study run
             mlflow_client.log_metric(target.parent_run_id, f"replication.{row['method']}.test_{metric[5:]}",
                                      row["test"])
-    print(f"logged to the MLflow runs of {', '.join(names)} (replication.md) at {uri}", file=sys.stderr)
+    if names:
+        print(f"logged to the MLflow runs of {', '.join(names)} (replication.md) at {uri}", file=sys.stderr)
     return 0 if {r["method"] for r in rows} == set(methods) else 1
 
 

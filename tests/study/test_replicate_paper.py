@@ -56,8 +56,9 @@ def _test_accuracy(tracking_uri, model_uri, tiny_trial, config) -> float:
 
 
 def test_replication_table_is_printed_and_logged_on_the_parent_run(tmp_path, tiny_trial, tracking_server):
-    proc = _run(tmp_path, ["--space", _space(tmp_path, tiny_trial), "--per-method", "1", "--seeds", "2",
-                           "--name", "rep", "--tracking-uri", tracking_server, "--step-rounds", "3"])
+    args = ["--space", _space(tmp_path, tiny_trial), "--per-method", "1", "--seeds", "2", "--name", "rep",
+            "--tracking-uri", tracking_server, "--step-rounds", "3", "--rows", str(tmp_path / "rows.json")]
+    proc = _run(tmp_path, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_server)
     report = None
@@ -90,6 +91,14 @@ def test_replication_table_is_printed_and_logged_on_the_parent_run(tmp_path, tin
         tests = [100 * r["test"] for r in report["rows"] if r["method"] == method]
         mean, sd = sum(tests) / 2, abs(tests[0] - tests[1]) / 2 ** 0.5
         assert f"{mean:.1f} ± {sd:.1f}" in table
+    # The scored seeds are kept in --rows: run again, nothing is trained and the table's scores are the same.
+    assert [r["test"] for r in json.loads((tmp_path / "rows.json").read_text())["rows"]] == \
+        [r["test"] for r in report["rows"]]
+    again = _run(tmp_path, args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "seeds [0, 1] taken from" in again.stderr and "studies rep-seed" not in again.stderr
+    scores = [line.split("|")[1:6] for line in table.splitlines() if line.startswith("| ")]
+    assert scores == [line.split("|")[1:6] for line in again.stdout.splitlines() if line.startswith("| ")]
 
 
 def test_a_space_without_balanced_methods_is_refused(tmp_path, tracking_server):
