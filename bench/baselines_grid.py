@@ -57,14 +57,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=BASELINES_FILE)
     parser.add_argument("--limit", type=int, help="train at most this many new configurations")
     args = parser.parse_args()
-    table = load(args.out)
-    if table["settings"] != SETTINGS or table["grid"] != BASELINES:
-        print(f"error: {args.out} was made with other settings; move it away or write to --out", file=sys.stderr)
-        return 2
-    done = {key(run["config"]) for run in table["runs"]}
-    todo = [c for c in configurations() if key(c) not in done][:args.limit]
-    grid.train(table, todo, SETTINGS, args.out, describe=key)
-    return 0
+    return grid.resume(load(args.out), args.out, BASELINES, SETTINGS, configurations(), args.limit, describe=key)
 
 
 if __name__ == "__main__":

@@ -80,20 +80,23 @@ def train(table: dict, todo: list[dict], settings: dict, out: Path, describe=key
               f"({seconds:.0f} s)", file=sys.stderr, flush=True)
 
 
+def resume(table: dict, out: Path, grid: dict, settings: dict, todo: list[dict], limit: int | None,
+           describe=key) -> int:
+    """Train the configurations of `todo` the table does not hold yet (at most `limit`), if it has these settings."""
+    if table["settings"] != settings or table["grid"] != grid:
+        print(f"error: {out} was made with other settings; move it away or write to --out", file=sys.stderr)
+        return 2
+    done = {describe(run["config"]) for run in table["runs"]}
+    train(table, [c for c in todo if describe(c) not in done][:limit], settings, out, describe)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=GRID_FILE)
     parser.add_argument("--limit", type=int, help="train at most this many new configurations")
     args = parser.parse_args()
-
-    table = load(args.out)
-    if table["settings"] != SETTINGS or table["grid"] != GRID:
-        print(f"error: {args.out} was made with other settings; move it away or write to --out", file=sys.stderr)
-        return 2
-    done = {key(run["config"]) for run in table["runs"]}
-    todo = [c for c in configurations() if key(c) not in done][:args.limit]
-    train(table, todo, SETTINGS, args.out)
-    return 0
+    return resume(load(args.out), args.out, GRID, SETTINGS, configurations(), args.limit)
 
 
 if __name__ == "__main__":
