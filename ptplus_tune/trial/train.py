@@ -6,6 +6,7 @@ standalone (`ptplus-tune train`) and as a Ray Tune trainable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -269,17 +270,16 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
     if resume_from:
         session.restore(resume_from)
     history: list[dict[str, Any]] = []
-    scratch = Path(tempfile.mkdtemp(prefix="ptplus-trial-"))
-    try:
+    # Scratch only when there are checkpoints to hand over: a killed process cannot remove it.
+    scratch = tempfile.TemporaryDirectory(prefix="ptplus-trial-", ignore_cleanup_errors=True) if report else None
+    with scratch or contextlib.nullcontext():
         while not session.done:
             metrics = session.advance()
             history.append(metrics)
             if report:
-                checkpoint = session.write_checkpoint(scratch)
+                checkpoint = session.write_checkpoint(Path(scratch.name))
                 report(dict(metrics), str(checkpoint))
                 shutil.rmtree(checkpoint, ignore_errors=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return TrialResult(history[-1] if history else {}, history, session.model, session.task)
 
 

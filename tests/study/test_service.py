@@ -95,8 +95,11 @@ def test_killed_study_resumes_to_exactly_the_requested_trials(tmp_path, tiny_tri
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
         def midway():  # kill once some trials are done and others are mid-way
-            finals = [rows[-1] for rows in trial_results(study).values()]
-            if sum(r["step"] >= 4 for r in finals) >= 2:
+            results = trial_results(study)
+            finals = [rows[-1] for rows in results.values()]
+            # A third trial reporting means one of the first two ended (two run at a time) and two more are to come;
+            # trials that ASHA stops at the first rung (most of the Pareto study's) may never give two at step 4.
+            if len(results) >= 3 or sum(r["step"] >= 4 for r in finals) >= 2:
                 return True
             assert driver.poll() is None, f"the driver ended early (exit {driver.returncode})"
             return False
