@@ -212,7 +212,7 @@ def test_a_trial_killed_mid_run_is_retried_from_its_checkpoint(tmp_path, tiny_tr
 
 @pytest.mark.parametrize("args, message", [
     (["--space", "nope"], "error: unknown space 'nope'; shipped spaces: compare, default, full, generate, "
-                          "generate-quick, pareto, quick"),
+                          "generate-quick, pareto, pareto-generate, quick"),
     (["--space", "quick", "--address", "127.0.0.1:9"], "error: the Ray cluster at 127.0.0.1:9 does not answer"),
     (["--space", "quick", "--gpus-per-trial", "1"], "error: the space asks for 1 GPU(s) per trial but the Ray "
                                                     "cluster has 0"),

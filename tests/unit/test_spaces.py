@@ -31,7 +31,7 @@ def test_shipped_spaces_load_and_round_trip():
 
 def test_unknown_space_name_lists_the_shipped_ones():
     with pytest.raises(PTPlusError, match="unknown space 'nope'; shipped spaces: compare, default, full, generate, "
-                                          "generate-quick, pareto, quick"):
+                                          "generate-quick, pareto, pareto-generate, quick"):
         load_space("nope")
 
 
