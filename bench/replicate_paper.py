@@ -285,11 +285,14 @@ def run(args) -> int:
     for name in names:
         seed = int(name.rsplit("seed", 1)[1])
         seeded = dataclasses.replace(spec, seed=seed, trial={**spec.trial, "seed": seed})
-        display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
+        events = display.attach(name, quiet=True)  # the service's one line per trial event, as the CLI prints it
         started = time.time()
         target = open_study(uri, seeded, name, resume=name in done)
         targets[seed] = target
-        result = run_study(seeded, name, args.storage_path, tracking=target, resume=name in done)
+        try:
+            result = run_study(seeded, name, args.storage_path, tracking=target, resume=name in done)
+        finally:
+            display.detach(events)  # else the next seed's lines are printed once per earlier seed too
         path = os.path.join(os.path.abspath(args.storage_path), name)
         finish_study(target, result, seeded, optuna_storage=f"sqlite:///{path}/optuna.db")
         print(f"study {name} done in {time.time() - started:.0f} s; scoring the winners on the test split",
