@@ -1,13 +1,15 @@
 """`--time-budget`: the study ends at its budget as done (not interrupted), with fewer trials than asked, the best
-evaluated trial registered, the study run tagged; `--resume NAME --time-budget MORE` then finishes it."""
+evaluated trial registered, the study run tagged; `--resume NAME --time-budget MORE` then continues it."""
 
 from mlflow import MlflowClient
 
 from tests.ray_env import kill_ray_under, ray_env
 from tests.studies import run_cli, space_file, trial_results
 
-STEPS, EVERY, TRIALS = 800, 50, 3  # ~24 s a trial on an idle 2-core machine: three take more than the budget
-# (45 s: on a slow or busy machine the first trial still evaluates several times before the deadline)
+# Far more trials than any machine runs in 45 s (a trial is 5-50 s here, by machine), and evaluations every 50 steps,
+# so that even on a slow or busy machine the first trial has evaluated before the deadline. The test asserts what
+# happened, never how many trials fit: that depends on the machine's speed.
+STEPS, EVERY, TRIALS = 1600, 50, 40
 
 
 def test_a_time_budget_ends_the_study_with_a_champion_and_resume_gives_it_more(tmp_path, tiny_trial,
@@ -37,14 +39,14 @@ def test_a_time_budget_ends_the_study_with_a_champion_and_resume_gives_it_more(t
 
     env = ray_env()
     try:
-        more = run_cli(["--resume", name, "--storage-path", str(results), "--time-budget", "10m", "-q"], env,
+        more = run_cli(["--resume", name, "--storage-path", str(results), "--time-budget", "45s", "-q"], env,
                        cwd=tmp_path)
     finally:
         kill_ray_under(env["RAY_TMPDIR"])
     assert more.returncode == 0, more.stderr[-3000:]
-    assert f"study {name} done after" in more.stdout
-    assert f"{TRIALS} of {TRIALS} trials ({TRIALS} completed" in more.stdout
+    assert f"study {name} reached its time budget (45 s)" in more.stdout, more.stdout
     after = trial_results(results / name)
-    assert len(after) == TRIALS and all(rows[-1]["step"] == STEPS for rows in after.values())
+    assert len(first) <= len(after) < TRIALS
+    assert sum(rows[-1]["step"] for rows in after.values()) > sum(rows[-1]["step"] for rows in first.values())
     for trial_id, rows in first.items():  # a trial stopped at the deadline went on from its checkpoint
         assert [r["step"] for r in after[trial_id]][:len(rows)] == [r["step"] for r in rows]
