@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from ptplus_tune.errors import PTPlusError, first_line
@@ -57,6 +59,18 @@ def check_new_study(url: str, name: str) -> None:
     if any(s.study_name == name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)):
         raise PTPlusError(f"the Optuna storage {display_url(url)} already has a study named {name!r}; choose another "
                           f"--name")
+
+
+class NSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, picklable: Tune pickles the searcher with the study's state (and again on every save), and
+    Optuna's genetic samplers hold a thread lock, which cannot be pickled; a restored sampler gets a new one."""
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
 
 
 class StudySearch(OptunaSearch):

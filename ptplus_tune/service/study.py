@@ -14,7 +14,7 @@ from typing import Any
 from ptplus_tune.errors import PTPlusError
 from ptplus_tune.service.disk import DiskGuard
 from ptplus_tune.service.interrupt import Interruption
-from ptplus_tune.service.optuna_store import StudySearch, open_storage
+from ptplus_tune.service.optuna_store import NSGAIISampler, StudySearch, open_storage
 from ptplus_tune.service.storage import (
     OPTUNA_FILE,
     SPEC_FILE,
@@ -101,7 +101,7 @@ def build_searcher(spec: StudySpec, name: str, path: Path | None, optuna_storage
     if spec.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=spec.seed)
     elif spec.sampler == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed)
+        sampler = NSGAIISampler(seed=spec.seed)
     else:  # TPE; with several objectives Optuna's TPE is multi-objective (MOTPE)
         sampler = optuna.samplers.TPESampler(multivariate=True, group=True, seed=spec.seed,
                                              n_startup_trials=spec.n_startup_trials)

@@ -96,6 +96,22 @@ def test_a_trial_asha_stopped_is_pruned_in_optuna_and_a_finished_one_complete(tm
     assert [t.number for t in study.best_trials] == [1]
 
 
+def test_an_nsga2_searcher_pickles_as_tune_saves_it_and_proposes_after_a_restore(tmp_path):
+    import ray.cloudpickle
+
+    spec = parse_space({"name": "s", "trial": {"max_steps": 30}, "sampler": "nsga2",
+                        "parameters": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2}},
+                        "objectives": [{"metric": "eval_accuracy"}, {"metric": "trainable_params"}]})
+    searcher = build_searcher(spec, "ga", tmp_path)
+    searcher.suggest("first")
+    # Tune pickles the searcher inside tuner.pkl and its experiment state; Optuna's GA samplers hold a thread lock
+    restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(searcher))
+    assert isinstance(restored.searcher._sampler, optuna.samplers.NSGAIISampler)
+    assert 1e-4 <= restored.suggest("second")["learning_rate"] <= 1e-2
+    study = optuna.load_study(study_name="ga", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 2  # the restored searcher proposes into the same Optuna study
+
+
 def test_select_picks_the_smallest_adapter_within_a_tolerance_of_the_best():
     objectives = [("eval_accuracy", "max"), ("trainable_params", "min")]
     front = [{"eval_accuracy": 0.95, "trainable_params": 800}, {"eval_accuracy": 0.945, "trainable_params": 400},
