@@ -271,13 +271,13 @@ def run_trial(config: TrialConfig, report: Report | None = None, resume_from: st
         session.restore(resume_from)
     history: list[dict[str, Any]] = []
     # Scratch only when there are checkpoints to hand over: a killed process cannot remove it.
-    scratch = tempfile.TemporaryDirectory(prefix="ptplus-trial-", ignore_cleanup_errors=True) if report else None
-    with scratch or contextlib.nullcontext():
+    with (tempfile.TemporaryDirectory(prefix="ptplus-trial-", ignore_cleanup_errors=True) if report
+          else contextlib.nullcontext()) as scratch:
         while not session.done:
             metrics = session.advance()
             history.append(metrics)
             if report:
-                checkpoint = session.write_checkpoint(Path(scratch.name))
+                checkpoint = session.write_checkpoint(Path(scratch))
                 report(dict(metrics), str(checkpoint))
                 shutil.rmtree(checkpoint, ignore_errors=True)
     return TrialResult(history[-1] if history else {}, history, session.model, session.task)

@@ -60,6 +60,8 @@ def test_replication_table_is_printed_and_logged_on_the_parent_run(tmp_path, tin
             "--tracking-uri", tracking_server, "--step-rounds", "3", "--rows", str(tmp_path / "rows.json")]
     proc = _run(tmp_path, args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    started = [line for line in proc.stderr.splitlines() if " started: " in line]
+    assert len(started) == 6 and len(set(started)) == 6  # each seed's progress printed once, not once per seed so far
     client = MlflowClient(tracking_server)
     report = None
     for seed in (0, 1):

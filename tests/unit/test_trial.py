@@ -1,9 +1,11 @@
 """One trial on a tiny model: determinism, resume, label scoring, loss masking, every method trains, bad input."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,18 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(tiny_trial, t
     full = run_trial(config, report=keep)
     resumed = run_trial(config, resume_from=str(kept[4]))
     assert _comparable(resumed.history) == _comparable(full.history[1:])
+
+
+def test_checkpoints_live_in_a_scratch_folder_only_while_there_is_a_report(tiny_trial, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = TrialConfig(**{**tiny_trial, "max_steps": 4, "eval_every": 2})
+    seen = []  # what the temporary folder holds while the trial trains (a killed process would leave it behind)
+    run_trial(config, progress=lambda step, total: seen.extend(os.listdir(tmp_path)))
+    assert not seen  # no report: no scratch
+    handed = []
+    run_trial(config, report=lambda metrics, checkpoint: handed.append((checkpoint, os.listdir(checkpoint))))
+    assert len(handed) == 2 and all(f"{tmp_path}/ptplus-trial-" in c and files for c, files in handed)
+    assert not list(tmp_path.iterdir())  # removed on the way out
 
 
 def test_resume_refuses_a_checkpoint_of_other_hyperparameters(tiny_trial, tmp_path):
