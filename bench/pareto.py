@@ -2,9 +2,11 @@
 Prefix-Tuning+ (bench/grid.py, 72 configurations) and the PEFT baselines LoRA and Prefix-Tuning at the same settings
 (bench/baselines_grid.py, 24), through the real service path (run_study: Ray Tune + OptunaSearch + the study's
 scheduler), each trial serving its stored curve instead of training. The space is conditional as the shipped
-`pareto` space is: a method, then its own parameters (a learning-rate level indexes each method's four rates). For
-each strategy and seed, the hypervolume of the front of the trials that ran their whole budget, as a fraction of
-the front of all 96 configurations, once 10% and 20% of the full grid's training steps are spent; median over seeds.
+`pareto` space is: a method, then its own parameters; prefix length, LoRA rank and learning rate are replayed as
+integer levels into each method's grid values (ordered, as the shipped space's log-scale ranges are; `--categorical`
+replays them as unordered choices, as v1 and v2 of the output did). For each strategy and seed, the hypervolume of
+the front of the trials that ran their whole budget, as a fraction of the front of all 96 configurations, once 10%
+and 20% of the full grid's training steps are spent; median over seeds.
 
 Strategies: Pareto-ASHA + multi-objective TPE (the service's Pareto study), scalarised ASHA (TPE + ASHA on one
 number, accuracy minus a weight times the normalised parameter count), random search + Pareto-ASHA, NSGA-II +
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -90,6 +93,17 @@ def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float
     return area
 
 
+def cost_of_whole_front(found: list[tuple[float, tuple[float, float]]], reference, true_hv: float) -> float:
+    """The cost (fraction of the grid's) at which the (cost, point) pairs found so far first span the true front's
+    hypervolume; inf if they never do."""
+    points = []
+    for cost, point in sorted(found, key=lambda f: f[0]):
+        points.append(point)
+        if hypervolume(points, reference) >= true_hv * (1 - 1e-12):
+            return cost
+    return math.inf
+
+
 class Finished(tune.Callback):
     """Training steps spent so far, and the configurations that ran their whole budget with the cost at which each
     finished."""
@@ -115,30 +129,31 @@ class SpentStopper(tune.Stopper):
         return self.counter.spent >= self.limit
 
 
-def grid_key(config: dict, rates: dict[str, list[float]]) -> str:
-    """A replayed trial's configuration (method, its parameters, a learning-rate level) as its grid's key."""
-    config = {k: v for k, v in config.items() if k != "lr_level"} | \
-        {"learning_rate": rates[config["method"]][config["lr_level"]]}
+LEVELS = {"lr_level": "learning_rate", "pl_level": "prefix_length", "r_level": "lora_r"}  # replayed as indexes
+
+
+def grid_key(config: dict, axes: dict[str, dict[str, list]]) -> str:
+    """A replayed trial's configuration (a method, its feature map, levels of its other axes) as its grid's key."""
+    values = axes[config["method"]]
+    config = {LEVELS.get(k, k): (values[LEVELS[k]][v] if k in LEVELS else v) for k, v in config.items()}
     if config["method"] == "ptplus":
         return grid.key(config)
     return baselines_grid.key(config)
 
 
-def combined(table: dict, baselines: dict) -> tuple[dict[str, tuple[list, int]], dict[str, list[float]]]:
-    """Every configuration of both grids, key -> (curve, trainable parameters); and each method's learning rates."""
+def combined(table: dict, baselines: dict) -> tuple[dict[str, tuple[list, int]], dict[str, dict[str, list]]]:
+    """Every configuration of both grids, key -> (curve, trainable parameters); and each method's axes."""
     counts = parameter_counts(table)
     entries = {grid.key(run["config"]): (run["curve"], counts[f"{run['config']['feature_map']}/"
                                                                f"{run['config']['prefix_length']}"])
                for run in table["runs"]}
     entries |= {baselines_grid.key(run["config"]): (run["curve"], run["trainable_params"]) for run in baselines["runs"]}
-    rates = {"ptplus": table["grid"]["learning_rate"]} | \
-        {method: axes["learning_rate"] for method, axes in baselines["grid"].items()}
-    return entries, rates
+    return entries, {"ptplus": table["grid"]} | baselines["grid"]
 
 
-def replay(entries: dict, rates: dict, scalarised: bool, max_params: int):
+def replay(entries: dict, axes: dict, scalarised: bool, max_params: int):
     def trial(config):
-        curve, params = entries[grid_key(config, rates)]
+        curve, params = entries[grid_key(config, axes)]
         for point in curve:
             accuracy = point["eval_accuracy"]
             value = accuracy - WEIGHT * params / max_params if scalarised else accuracy
@@ -146,7 +161,8 @@ def replay(entries: dict, rates: dict, scalarised: bool, max_params: int):
     return trial
 
 
-def spec_for(table: dict, baselines: dict, sampler: str, scheduler: str, multi: bool, seed: int, trials: int):
+def spec_for(table: dict, baselines: dict, sampler: str, scheduler: str, multi: bool, seed: int, trials: int,
+             ordinal: bool = True):
     settings, axes = table["settings"], baselines["grid"]
     if table["grid"]["prefix_length"] != axes["prefix_tuning"]["prefix_length"]:
         raise SystemExit("error: the PT+ and Prefix-Tuning grids have different prefix lengths")
@@ -162,14 +178,19 @@ def spec_for(table: dict, baselines: dict, sampler: str, scheduler: str, multi: 
             "method": {"type": "categorical", "choices": ["ptplus", *axes]},
             "feature_map": {"type": "categorical", "choices": table["grid"]["feature_map"],
                             "when": {"method": "ptplus"}},
-            "prefix_length": {"type": "categorical", "choices": table["grid"]["prefix_length"],
-                              "when": {"method": ["ptplus", "prefix_tuning"]}},
-            "lora_r": {"type": "categorical", "choices": axes["lora"]["lora_r"], "when": {"method": "lora"}},
         },
     }, source="replay")
-    # Optuna keeps one distribution per parameter name, so the methods' different learning rates are replayed
-    # through a level (not a trial setting, hence added after parsing).
-    spec.parameters.append(Parameter("lr_level", "categorical", choices=[0, 1, 2, 3]))
+    # The other axes are replayed as indexes into each method's grid values (not trial settings, hence added after
+    # parsing): Optuna keeps one distribution per parameter name, and the methods' learning rates differ. Every axis
+    # is evenly spaced in log scale, so an integer index is what the shipped space's log-scale ranges become on the
+    # grid; `ordinal=False` replays them as unordered choices (bench/data/pareto_v1.txt and v2).
+    def level(name: str, n: int, methods: list[str]) -> Parameter:
+        kind = dict(type="int", low=0, high=n - 1) if ordinal else dict(type="categorical", choices=list(range(n)))
+        return Parameter(name, **kind, when={"method": methods})
+
+    spec.parameters += [level("pl_level", len(table["grid"]["prefix_length"]), ["ptplus", "prefix_tuning"]),
+                        level("r_level", len(axes["lora"]["lora_r"]), ["lora"]),
+                        level("lr_level", len(table["grid"]["learning_rate"]), ["ptplus", *axes])]
     return spec
 
 
@@ -178,6 +199,10 @@ def main() -> int:
     parser.add_argument("--grid", type=Path, default=grid.GRID_FILE)
     parser.add_argument("--baselines", type=Path, default=baselines_grid.BASELINES_FILE)
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--categorical", action="store_true",
+                        help="replay the grid's levels as unordered choices (as v1 and v2 of the output did)")
+    parser.add_argument("--only", action="append", choices=list(STRATEGIES), metavar="STRATEGY",
+                        help="run only this strategy (repeatable; default: all)")
     args = parser.parse_args()
     table, baselines = grid.load(args.grid), baselines_grid.load(args.baselines)
     for path, have, want, script in ((args.grid, table, grid.configurations(), "grid.py"),
@@ -186,7 +211,7 @@ def main() -> int:
             print(f"error: {path} has {len(have['runs'])} of {len(want)} configurations; run bench/{script}",
                   file=sys.stderr)
             return 2
-    entries, rates = combined(table, baselines)
+    entries, axes = combined(table, baselines)
     max_params = max(params for _, params in entries.values())
     steps = table["settings"]["max_steps"]
     if baselines["settings"]["max_steps"] != steps:
@@ -210,26 +235,32 @@ def main() -> int:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     fractions: dict[str, dict[float, list[float]]] = {}
+    whole: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as storage:
         for index, (name, (sampler, scheduler, multi)) in enumerate(STRATEGIES.items()):
+            if args.only and name not in args.only:
+                continue
             for seed in range(args.seeds):
                 counter = Finished(steps)
-                run_study(spec_for(table, baselines, sampler, scheduler, multi, seed, len(entries)),
-                          f"{index}-{seed}", storage, trainable=replay(entries, rates, not multi, max_params),
+                spec = spec_for(table, baselines, sampler, scheduler, multi, seed, len(entries), not args.categorical)
+                run_study(spec, f"{index}-{seed}", storage, trainable=replay(entries, axes, not multi, max_params),
                           callbacks=[counter], stop=SpentStopper(counter, max(BUDGETS) * full))
+                found = [(spent / full, everything[grid_key(config, axes)]) for spent, config in counter.done]
                 for budget in BUDGETS:
-                    found = [everything[grid_key(config, rates)] for spent, config in counter.done
-                             if spent <= budget * full]
                     fractions.setdefault(name, {}).setdefault(budget, []).append(
-                        hypervolume(found, reference) / true_hv)
-            print(f"  {name}: {fractions[name]}", file=sys.stderr, flush=True)
+                        hypervolume([p for cost, p in found if cost <= budget], reference) / true_hv)
+                whole.setdefault(name, []).append(cost_of_whole_front(found, reference, true_hv))
+            print(f"  {name}: {fractions[name]}; whole front at {whole[name]}", file=sys.stderr, flush=True)
     ray.shutdown()
     print(f"\nhypervolume of the found front / all configurations' (median of {args.seeds} seeds; accuracy vs "
-          f"trainable parameters)\n| strategy | " + " | ".join(f"at {b:.0%} of the grid's cost" for b in BUDGETS) +
-          " |")
-    print("|---|" + "---|" * len(BUDGETS))
+          f"trainable parameters); the cost at which the whole front was found (inf: not within "
+          f"{max(BUDGETS):.0%})\n| strategy | " + " | ".join(f"at {b:.0%} of the grid's cost" for b in BUDGETS) +
+          " | whole front found | median cost of the whole front |")
+    print("|---|" + "---|" * (len(BUDGETS) + 2))
     for name, by_budget in fractions.items():
-        print(f"| {name} | " + " | ".join(f"{statistics.median(by_budget[b]):.3f}" for b in BUDGETS) + " |")
+        costs = whole[name]
+        print(f"| {name} | " + " | ".join(f"{statistics.median(by_budget[b]):.3f}" for b in BUDGETS) +
+              f" | {sum(c != math.inf for c in costs)} of {len(costs)} | {statistics.median(costs):.1%} |")
     return 0
 
 

@@ -89,12 +89,45 @@ class StudySearch(OptunaSearch):
             result = None  # OptunaSearch tells a trial without values that did not fail as PRUNED
         super().on_trial_complete(trial_id, result, error)
 
+    # A configuration identical to one already run or running is not trained again: TPE, having found a good
+    # configuration in a discrete space, proposes it again and again (optuna#2021), and each repeat would spend a
+    # whole trial for a result the study already has (trials are seeded). The repeat is recorded in Optuna as PRUNED
+    # (user attribute `duplicate_of`), which also counts it against that configuration in TPE's model, and the
+    # sampler is asked again, at most `max_repeats` times; then the repeat runs. Enqueued points (--warm-start,
+    # `balance`) are run as given.
+    max_repeats = 20
+
     def suggest(self, trial_id: str):
         from ptplus_tune.service import budget
 
         if not budget.allows_new_trial():
             return None  # the time left is shorter than a trial takes; BudgetWatch ends the study
+        for _ in range(self.max_repeats):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            earlier = self._same_configuration(ot_trial)
+            if earlier is None:
+                return config
+            ot_trial.set_user_attr("duplicate_of", earlier)
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            del self._ot_trials[trial_id]
+        log.info("the sampler proposed only configurations already run (%d times); running a repeat",
+                 self.max_repeats)
         return super().suggest(trial_id)
+
+    def _same_configuration(self, ot_trial) -> int | None:
+        """The number of the first earlier trial that ran (or runs) exactly these parameters, unless this trial is an
+        enqueued point."""
+        from optuna.trial import TrialState
+
+        trials = self._ot_study.get_trials(deepcopy=False)
+        if "fixed_params" in trials[ot_trial.number].system_attrs:
+            return None
+        for t in trials:
+            if (t.number != ot_trial.number and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+                    and "duplicate_of" not in t.user_attrs and t.params == ot_trial.params):
+                return t.number
+        return None
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)

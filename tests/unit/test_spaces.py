@@ -213,3 +213,28 @@ def test_a_report_for_an_optuna_trial_that_already_has_its_outcome_does_not_end_
     search._ot_study.tell(search._ot_trials["t1"], 0.9)
     search.on_trial_result("t1", {"eval_accuracy": 0.5, "training_iteration": 1})
     assert search._ot_study.trials[0].intermediate_values == {}
+
+
+def test_a_configuration_already_run_is_not_trained_again(tmp_path):
+    """TPE proposes a good configuration of a discrete space again and again; the searcher records a repeat as
+    PRUNED in Optuna (duplicate_of) and asks again, and runs a repeat only when max_repeats proposals in a row were
+    repeats."""
+    from ptplus_tune.service.study import build_searcher
+
+    spec = parse_space({"name": "s", "seed": 0, "num_samples": 8, "trial": {"max_steps": 30},
+                        "parameters": {"feature_map": {"type": "categorical", "choices": ["elu", "gelu", "relu"]}}})
+    searcher = build_searcher(spec, "s", tmp_path).searcher
+    seen = []
+    for i in range(3):
+        seen.append(searcher.suggest(f"t{i}")["feature_map"])
+        searcher.on_trial_complete(f"t{i}", {"step": 30, "eval_accuracy": 0.5 + i / 10})
+    assert sorted(seen) == ["elu", "gelu", "relu"]  # three trials, three configurations
+    searcher.max_repeats = 3
+    assert searcher.suggest("t3")["feature_map"] in seen  # nothing new is left: the fourth proposal runs
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(repeats) >= 3 and all(t.state == optuna.trial.TrialState.PRUNED for t in repeats)
+    assert all(study.trials[t.user_attrs["duplicate_of"]].params == t.params for t in repeats)
+    assert study.trials[-1].state == optuna.trial.TrialState.RUNNING  # the repeat Tune runs
+    assert sorted(t.params["feature_map"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE) == \
+        ["elu", "gelu", "relu"]
