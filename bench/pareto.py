@@ -38,6 +38,7 @@ import ray
 from ray import tune
 
 from ptplus_tune.service import run_study
+from ptplus_tune.service.optuna_store import StudySearch
 from ptplus_tune.spaces import parse_space
 from ptplus_tune.spaces.pareto import pareto_front
 from ptplus_tune.spaces.spec import Parameter
@@ -201,9 +202,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--categorical", action="store_true",
                         help="replay the grid's levels as unordered choices (as v1 and v2 of the output did)")
+    parser.add_argument("--train-repeats", action="store_true",
+                        help="train a configuration proposed again, as the service did before v3 of the output")
     parser.add_argument("--only", action="append", choices=list(STRATEGIES), metavar="STRATEGY",
                         help="run only this strategy (repeatable; default: all)")
     args = parser.parse_args()
+    if args.train_repeats:
+        StudySearch.max_repeats = 0
     table, baselines = grid.load(args.grid), baselines_grid.load(args.baselines)
     for path, have, want, script in ((args.grid, table, grid.configurations(), "grid.py"),
                                      (args.baselines, baselines, baselines_grid.configurations(), "baselines_grid.py")):

@@ -111,8 +111,9 @@ class StudySearch(OptunaSearch):
             ot_trial.set_user_attr("duplicate_of", earlier)
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             del self._ot_trials[trial_id]
-        log.info("the sampler proposed only configurations already run (%d times); running a repeat",
-                 self.max_repeats)
+        if self.max_repeats:
+            log.info("the sampler proposed only configurations already run (%d times); running a repeat",
+                     self.max_repeats)
         return super().suggest(trial_id)
 
     def _same_configuration(self, ot_trial) -> int | None:
