@@ -238,3 +238,21 @@ def test_a_configuration_already_run_is_not_trained_again(tmp_path):
     assert study.trials[-1].state == optuna.trial.TrialState.RUNNING  # the repeat Tune runs
     assert sorted(t.params["feature_map"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE) == \
         ["elu", "gelu", "relu"]
+
+
+def test_balanced_trials_keep_their_turns_even_when_the_rest_repeats(tmp_path):
+    """A `balance` point pins one parameter and the sampler proposes the rest; with nothing else to propose the rest
+    repeats, but an enqueued point runs as given and is never recorded as a repeat."""
+    from ptplus_tune.service.study import build_searcher
+
+    spec = parse_space({"name": "b", "seed": 0, "num_samples": 6, "balance": "method", "trial": {"max_steps": 30},
+                        "parameters": {"method": {"type": "categorical", "choices": ["ptplus", "lora"]},
+                                       "prefix_length": {"type": "categorical", "choices": [4]}}})
+    searcher = build_searcher(spec, "b", tmp_path).searcher
+    methods = []
+    for i in range(6):
+        methods.append(searcher.suggest(f"t{i}")["method"])
+        searcher.on_trial_complete(f"t{i}", {"step": 30, "eval_accuracy": 0.5})
+    assert methods == ["ptplus", "lora"] * 3
+    study = optuna.load_study(study_name="b", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert not [t for t in study.trials if "duplicate_of" in t.user_attrs]
